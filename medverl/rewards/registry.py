@@ -1,0 +1,223 @@
+"""The query_type registry: a dict of rewards, filled by decorators, entry points and plugin files."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "medverl.rewards"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a reward function may return instead of a bare float.
+
+    Attributes:
+        acc: accuracy in [0, 1].
+        pred: the prediction it read from the answer (used by verl for majority voting).
+        reason: why `acc` is below 1, for people reading a rollout; empty when correct.
+    """
+
+    acc: float
+    pred: str = ""
+    reason: str = ""
+
+
+RewardFn = Callable[..., Union[float, Verdict]]
+ReferenceValidator = Callable[..., None]
+
+
+class InvalidReference(ValueError):
+    """A ground truth (or its options) that no answer could match: a data-preparation error."""
+
+
+class UnknownQueryType(KeyError):
+    """A query_type that no registered reward handles."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class PluginError(ImportError):
+    """A reward plugin (module or file) that cannot be loaded."""
+
+
+@dataclass(frozen=True, slots=True)
+class RewardSpec:
+    """A registered reward.
+
+    Attributes:
+        name: the query_type it scores.
+        fn: ``fn(answer, golds, **params) -> float | Verdict``; `answer` is the stripped ``<answer>`` content,
+            `golds` the acceptable answers, `params` the `extra_info` keys named in `extra_info_keys`.
+        extra_info_keys: row fields passed to `fn` (and `validate`) as keyword arguments.
+        validate: ``validate(golds, **params)`` raises :class:`InvalidReference` for a reference no answer can
+            match; data preparation calls it on every row.
+        source: where it came from ("built-in", a module or a file).
+    """
+
+    name: str
+    fn: RewardFn
+    extra_info_keys: tuple[str, ...] = ()
+    validate: ReferenceValidator | None = None
+    source: str = ""
+
+    @property
+    def doc(self) -> str:
+        """First line of the reward function's docstring."""
+        return (inspect.getdoc(self.fn) or "").partition("\n")[0]
+
+
+class Registry:
+    """Named rewards; built-ins register on import, third-party ones through entry points and plugins."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, RewardSpec] = {}
+        self._lock = threading.RLock()
+        self._entry_points_loaded = False
+        self._plugins_loaded: set[str] = set()
+
+    def register(
+        self,
+        name: str,
+        *,
+        extra_info_keys: Sequence[str] = (),
+        validate: ReferenceValidator | None = None,
+    ) -> Callable[[RewardFn], RewardFn]:
+        """Decorator registering `fn` as the reward of query_type `name`; a name can be registered once."""
+        if not name or not isinstance(name, str):
+            raise ValueError(f"query_type name must be a non-empty string, got {name!r}")
+
+        def decorator(fn: RewardFn) -> RewardFn:
+            spec = RewardSpec(name, fn, tuple(extra_info_keys), validate, _source_of(fn))
+            with self._lock:
+                existing = self._specs.get(name)
+                if existing is not None and existing.fn is not fn:
+                    raise ValueError(
+                        f"query_type {name!r} is already registered by {existing.source} "
+                        f"({existing.fn.__module__}.{existing.fn.__qualname__}); pick another name"
+                    )
+                self._specs[name] = spec
+            return fn
+
+        return decorator
+
+    def get(self, name: str) -> RewardSpec:
+        """The reward for `name`; raises :class:`UnknownQueryType` naming the known ones and the closest."""
+        spec = self._specs.get(name)
+        if spec is not None:
+            return spec
+        self.load_entry_points()
+        spec = self._specs.get(name)
+        if spec is None:
+            raise UnknownQueryType(self._unknown_message(name))
+        return spec
+
+    def names(self) -> list[str]:
+        """Sorted names of every registered reward, entry points included."""
+        self.load_entry_points()
+        return sorted(self._specs)
+
+    def specs(self) -> list[RewardSpec]:
+        """Every registered reward, sorted by name."""
+        return [self._specs[name] for name in self.names()]
+
+    def load_entry_points(self) -> None:
+        """Import the rewards of installed packages (entry-point group ``medverl.rewards``), once."""
+        if self._entry_points_loaded:
+            return
+        with self._lock:
+            if self._entry_points_loaded:
+                return
+            for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+                try:
+                    obj = ep.load()
+                except Exception as exc:
+                    raise PluginError(
+                        f"entry point {ep.name!r} = {ep.value!r} of group {ENTRY_POINT_GROUP!r} failed to load: {exc}"
+                    ) from exc
+                # `name = pkg.module:function` registers the function (unless its decorator already did);
+                # `name = pkg.module` only imports the module, whose decorators register.
+                if callable(obj) and not inspect.ismodule(obj):
+                    current = self._specs.get(ep.name)
+                    if current is None or current.fn is not obj:
+                        self.register(ep.name)(obj)
+            self._entry_points_loaded = True
+
+    def load_plugins(self, plugins: Iterable[str]) -> None:
+        """Import reward plugins (module names or ``.py`` files) not yet loaded in this process."""
+        for plugin in plugins:
+            if plugin in self._plugins_loaded:
+                continue
+            with self._lock:
+                if plugin in self._plugins_loaded:
+                    continue
+                _import_plugin(plugin)
+                self._plugins_loaded.add(plugin)
+                logger.info("loaded reward plugin %s", plugin)
+
+    def _unknown_message(self, name: object) -> str:
+        known = sorted(self._specs)
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        return (
+            f"unknown query_type {name!r}.{hint} Known query types: {', '.join(known)}. "
+            "Register a new one with @medverl.rewards.register(name) in a module listed in the 'plugins' "
+            f"reward_kwarg or an entry point of group {ENTRY_POINT_GROUP!r}."
+        )
+
+
+def _source_of(fn: Callable) -> str:
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    if module is not None and module.__name__.startswith("medverl.rewards."):
+        return "built-in"
+    return getattr(module, "__file__", None) or getattr(fn, "__module__", "?")
+
+
+def _import_plugin(plugin: str) -> None:
+    is_file = plugin.endswith(".py") or "/" in plugin or "\\" in plugin
+    if not is_file:
+        try:
+            importlib.import_module(plugin)
+        except Exception as exc:
+            raise PluginError(
+                f"reward plugin module {plugin!r} failed to import: {exc}. Install it on every node "
+                "or pass the path of a .py file."
+            ) from exc
+        return
+    path = Path(plugin).expanduser()
+    if not path.is_file():
+        raise PluginError(
+            f"reward plugin file {plugin!r} not found (resolved to {path.resolve()}); reward workers resolve "
+            "relative paths from their own working directory: pass an absolute path on a filesystem every "
+            "node sees, or install the plugin as a module"
+        )
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    module_name = f"medverl_plugin_{path.stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"reward plugin {plugin!r} is not a loadable Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # so its functions pickle by reference within this process
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise PluginError(f"reward plugin file {plugin!r} failed to load: {exc}") from exc
+
+
+REGISTRY = Registry()
+register = REGISTRY.register

@@ -1,0 +1,245 @@
+"""The one adapter verl calls: format + accuracy, dispatched on ``extra_info["query_type"]``."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from medverl.rewards import registry
+from medverl.rewards.format import check_format
+from medverl.rewards.registry import InvalidReference, Verdict
+
+logger = logging.getLogger(__name__)
+
+# Keys of the dict handed to verl, identical for every sample (verl batches them by key).
+RESULT_KEYS = ("score", "acc", "format", "pred", "reason")
+# Keyword arguments verl's reward loop may add on its own; they are not ours to interpret.
+_VERL_KWARGS = frozenset({"reward_router_address", "reward_model_tokenizer"})
+
+
+@dataclass(frozen=True, slots=True)
+class RewardOptions:
+    """The reward_kwargs medverl understands (``+reward.custom_reward_function.reward_kwargs.KEY=VALUE``).
+
+    Attributes:
+        format_weight: w in ``score = w * format + (1 - w) * acc`` (seed: 0.1).
+        think_prefilled: the chat template opened ``<think>``; the response must close it.
+        require_think: reasoning must be one non-empty think block before the answer.
+        max_answer_chars: longer ``<answer>`` contents score acc 0 (bounds the work on adversarial output).
+        default_query_type: used for rows whose extra_info has no query_type.
+        plugins: modules or ``.py`` files that register rewards, imported once per process.
+    """
+
+    format_weight: float = 0.1
+    think_prefilled: bool = False
+    require_think: bool = False
+    max_answer_chars: int = 8192
+    default_query_type: str | None = None
+    plugins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.format_weight <= 1.0:
+            raise ValueError(f"reward_kwargs.format_weight must be in [0, 1], got {self.format_weight!r}")
+        if self.max_answer_chars < 1:
+            raise ValueError(f"reward_kwargs.max_answer_chars must be positive, got {self.max_answer_chars!r}")
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, object]) -> RewardOptions:
+        """Options from verl's reward_kwargs; an unknown key raises with the closest known one."""
+        if not kwargs:
+            return _DEFAULT_OPTIONS
+        return _options_from_items(tuple(sorted((k, _freeze(v)) for k, v in kwargs.items())))
+
+
+def _freeze(value: object) -> object:
+    """A hashable copy of a reward_kwargs value (Hydra passes lists as ListConfig)."""
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
+        return value
+    return tuple(_freeze(v) for v in value)
+
+
+@functools.lru_cache(maxsize=64)
+def _options_from_items(items: tuple[tuple[str, object], ...]) -> RewardOptions:
+    known = {f.name for f in fields(RewardOptions)}
+    values: dict[str, object] = {}
+    for key, value in items:
+        if key in _VERL_KWARGS:
+            continue
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"unknown medverl reward_kwargs key {key!r}.{hint} Known keys: {', '.join(sorted(known))}")
+        values[key] = value
+    if "plugins" in values:
+        plugins = values["plugins"]
+        values["plugins"] = tuple(p.strip() for p in plugins.split(",") if p.strip()) if isinstance(plugins, str) else tuple(plugins)
+    for flag in ("think_prefilled", "require_think"):
+        if flag in values and not isinstance(values[flag], bool):
+            raise TypeError(f"reward_kwargs.{flag} must be true or false, got {values[flag]!r}")
+    if "format_weight" in values:
+        values["format_weight"] = float(values["format_weight"])
+    return RewardOptions(**values)
+
+
+_DEFAULT_OPTIONS = RewardOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class RewardResult:
+    """One scored sample; :meth:`to_verl` is what verl receives."""
+
+    score: float
+    acc: float
+    format: float
+    pred: str
+    reason: str
+    query_type: str
+
+    @property
+    def parsed(self) -> bool:
+        """The answer was well-formed and the reward could read a prediction from it."""
+        return self.format == 1.0 and bool(self.pred)
+
+    def to_verl(self) -> dict[str, float | str]:
+        """The per-sample dict verl logs; the same keys (:data:`RESULT_KEYS`) for every sample."""
+        return {"score": self.score, "acc": self.acc, "format": self.format, "pred": self.pred, "reason": self.reason}
+
+
+def parse_ground_truth(ground_truth: object) -> tuple[str, ...]:
+    """Acceptable answers from a string, a list of strings or a JSON-encoded list (parquet keeps one type).
+
+    >>> parse_ground_truth('["yes", "Yes."]')
+    ('yes', 'Yes.')
+    """
+    if isinstance(ground_truth, str):
+        golds = _parse_gold_string(ground_truth)
+    elif ground_truth is None or isinstance(ground_truth, bytes | Mapping):
+        raise InvalidReference(f"ground_truth must be a string or a list of strings, got {ground_truth!r}")
+    else:
+        try:
+            golds = tuple(str(g) for g in ground_truth)  # list, tuple, numpy array
+        except TypeError:
+            golds = (str(ground_truth),)  # a number
+    golds = tuple(g for g in golds if g.strip())
+    if not golds:
+        raise InvalidReference(f"ground_truth {ground_truth!r} is empty")
+    return golds
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_gold_string(ground_truth: str) -> tuple[str, ...]:
+    text = ground_truth.strip()
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError:
+            return (ground_truth,)
+        if isinstance(parsed, list):
+            return tuple(str(g) for g in parsed)
+    return (ground_truth,)
+
+
+def resolve_query_type(extra_info: Mapping[str, object] | None, options: RewardOptions) -> registry.RewardSpec:
+    """The registered reward for a row's query_type (or the configured default)."""
+    query_type = (extra_info or {}).get("query_type") or options.default_query_type
+    if not query_type:
+        raise registry.UnknownQueryType(
+            "the row's extra_info has no 'query_type': set it at data preparation, or set "
+            "+reward.custom_reward_function.reward_kwargs.default_query_type=NAME "
+            f"(known: {', '.join(registry.REGISTRY.names())})"
+        )
+    return registry.REGISTRY.get(str(query_type))
+
+
+def score_sample(
+    solution_str: object,
+    ground_truth: object,
+    extra_info: Mapping[str, object] | None = None,
+    options: RewardOptions = _DEFAULT_OPTIONS,
+) -> RewardResult:
+    """Score one response: ``w * format + (1 - w) * acc``, with acc 0 whenever format is 0.
+
+    Raises only for trusted inputs: an unknown query_type or an invalid reference.
+    """
+    if options.plugins:
+        registry.REGISTRY.load_plugins(options.plugins)
+    spec = resolve_query_type(extra_info, options)
+    golds = parse_ground_truth(ground_truth)
+    params = {key: (extra_info or {}).get(key) for key in spec.extra_info_keys}
+    if spec.validate is not None:
+        spec.validate(golds, **params)
+
+    if not isinstance(solution_str, str):
+        solution_str = _as_text(solution_str)
+    fmt = check_format(solution_str, think_prefilled=options.think_prefilled, require_think=options.require_think)
+    if not fmt.ok:
+        return RewardResult(0.0, 0.0, 0.0, "", fmt.reason, spec.name)
+    w = options.format_weight
+    if len(fmt.answer) > options.max_answer_chars:
+        return RewardResult(w, 0.0, 1.0, "", f"answer longer than {options.max_answer_chars} characters", spec.name)
+    verdict = _run_reward(spec, fmt.answer, golds, params)
+    return RewardResult(w + (1.0 - w) * verdict.acc, verdict.acc, 1.0, verdict.pred, verdict.reason, spec.name)
+
+
+def _as_text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _run_reward(spec: registry.RewardSpec, answer: str, golds: tuple[str, ...], params: dict) -> Verdict:
+    """Call a reward on untrusted output; its errors and out-of-range values become a logged 0."""
+    try:
+        out = spec.fn(answer, golds, **params)
+    except InvalidReference:
+        raise
+    except Exception as exc:
+        _log_reward_bug(spec.name, f"raised {type(exc).__name__}: {exc}", exc_info=True)
+        return Verdict(0.0, reason=f"reward error: {type(exc).__name__}")
+    verdict = out if isinstance(out, Verdict) else Verdict(out)  # type: ignore[arg-type]
+    acc = verdict.acc
+    if not isinstance(acc, int | float) or math.isnan(acc) or not -1e-9 <= acc <= 1.0 + 1e-9:
+        _log_reward_bug(spec.name, f"returned acc {acc!r}, outside [0, 1]")
+        return Verdict(0.0, reason="reward error: acc outside [0, 1]")
+    return Verdict(min(max(float(acc), 0.0), 1.0), str(verdict.pred), str(verdict.reason))
+
+
+_reported_bugs: set[tuple[str, str]] = set()
+
+
+def _log_reward_bug(name: str, what: str, exc_info: bool = False) -> None:
+    key = (name, what.partition(":")[0])
+    if key not in _reported_bugs:  # once per reward and kind of failure, so a bad reward cannot flood the logs
+        _reported_bugs.add(key)
+        logger.error("reward for query_type %r %s; the sample scores acc 0", name, what, exc_info=exc_info)
+
+
+def compute_score(
+    data_source: object = None,
+    solution_str: object = None,
+    ground_truth: object = None,
+    extra_info: Mapping[str, object] | None = None,
+    **reward_kwargs: object,
+) -> dict[str, float | str]:
+    """verl's entry point (``reward.custom_reward_function.path=pkg://medverl.rewards``).
+
+    Returns ``{"score", "acc", "format", "pred", "reason"}`` for every sample. Never raises on model output;
+    raises on configuration and data errors (unknown query_type or reward_kwargs key, invalid ground truth).
+
+    >>> compute_score(data_source="pmc_vqa", solution_str="<think>...</think><answer>B</answer>",
+    ...               ground_truth="B", extra_info={"query_type": "multiple_choice"})["score"]
+    1.0
+    """
+    options = RewardOptions.from_kwargs(reward_kwargs)
+    try:
+        return score_sample(solution_str, ground_truth, extra_info, options).to_verl()
+    except (InvalidReference, registry.UnknownQueryType) as exc:
+        index = (extra_info or {}).get("index") if isinstance(extra_info, Mapping) else None
+        raise type(exc)(f"{exc} [data_source={data_source!r}, index={index!r}]") from exc

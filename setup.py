@@ -1,0 +1,42 @@
+"""medverl: medical multimodal CPT, SFT and GRPO on verl 0.9.1."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+# verl is the engine; torch is deliberately not pinned here (see README "Install"): GPU machines get
+# torch + vLLM through the `train` extra, CPU machines install the CPU torch pair first.
+INSTALL_REQUIRES = [
+    "verl==0.9.1",
+    "transformers>=5.5.3,<5.11,!=5.6.0",
+    "pandas",
+    "pyarrow>=19.0.0",
+    "tqdm",
+    # parts of verl that medverl's CPU paths import (datasets, reward loop)
+    "qwen_vl_utils",
+    "cachetools",
+    "fastapi",
+    "uvicorn",
+]
+
+EXTRAS = {
+    "test": ["pytest>=8", "pytest-asyncio", "hypothesis>=6"],
+    "bench": ["mathruler"],
+    "train": ["verl[vllm,fsdp]==0.9.1"],  # torch 2.11 + vLLM 0.24 + flash-attn, GPU only
+}
+
+setup(
+    name="medverl",
+    version="0.1.0",
+    description="Turn a general multimodal LLM into a medical specialist with verl: CPT, SFT and GRPO.",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["medverl", "medverl.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["medverl=medverl.cli:main"]},
+)
