@@ -25,8 +25,9 @@ _WRAPPER = re.compile(r"\\(?:boxed|text|textbf|mathrm|mathbf)\s*\{(.*)\}", re.DO
 _LETTER = re.compile(r"([a-z])")
 _LETTER_TEXT = re.compile(r"([a-z])(?:\s*[.):]|\s+[-\u2013\u2014])\s*(.+)", re.DOTALL)
 _LEADING_LETTER = re.compile(r"([a-z])(?=$|[\s,/&;])")
-# A second option joined by a conjunction or separator: "b or c", "b, c", "b/c", "b and (c)".
-_HEDGE = re.compile(r"(?:^|[\s,/&;])(?:or|and|vs\.?|versus|,|/|&)\s*\(?([a-z])\)?(?=$|[\s.,):;/])")
+# A second option joined by a conjunction or separator: "b or c", "b, c", "b/c", "b and (c)". Single spaces
+# only: it runs on normalised text, and unbounded "\s*" before a separator would backtrack quadratically.
+_HEDGE = re.compile(r"(?:(?:^|[\s(])(?:or|and|vs\.?|versus)\s|\s?[,/&;]\s?)\(?([a-z])\)?(?=$|[\s.,):;/&])")
 
 
 @dataclass(frozen=True, slots=True)

@@ -207,6 +207,8 @@ def _import_plugin(plugin: str) -> None:
         )
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
     module_name = f"medverl_plugin_{path.stem}_{digest}"
+    if module_name in sys.modules:  # the same file under another spelling of its path
+        return
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise PluginError(f"reward plugin {plugin!r} is not a loadable Python file")
@@ -220,4 +222,10 @@ def _import_plugin(plugin: str) -> None:
 
 
 REGISTRY = Registry()
-register = REGISTRY.register
+
+
+def register(
+    name: str, *, extra_info_keys: Sequence[str] = (), validate: ReferenceValidator | None = None
+) -> Callable[[RewardFn], RewardFn]:
+    """Decorator registering a reward for query_type `name` in the process-wide registry (see Registry)."""
+    return REGISTRY.register(name, extra_info_keys=extra_info_keys, validate=validate)

@@ -1,0 +1,132 @@
+"""The query_type registry: decorator, duplicates, unknown names, plugin modules and files."""
+
+import runpy
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from medverl.rewards import PluginError, UnknownQueryType, Verdict, compute_score
+from medverl.rewards.registry import REGISTRY, Registry
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _dummy(answer: str, golds: tuple[str, ...]) -> float:
+    """Dummy reward."""
+    return 1.0
+
+
+def test_register_and_get() -> None:
+    registry = Registry()
+    registry.register("dummy", extra_info_keys=["options"])(_dummy)
+    spec = registry.get("dummy")
+    assert spec.fn is _dummy and spec.extra_info_keys == ("options",)
+    assert spec.doc == "Dummy reward."
+    assert registry.names() == ["dummy"]
+
+
+def test_duplicate_name_raises_naming_the_owner() -> None:
+    registry = Registry()
+    registry.register("dummy")(_dummy)
+    registry.register("dummy")(_dummy)  # the same function again (a re-imported module) is harmless
+    with pytest.raises(ValueError, match="already registered by .*_dummy"):
+        registry.register("dummy")(lambda answer, golds: 0.0)
+
+
+@pytest.mark.parametrize("name", ["", None])
+def test_empty_name_raises(name: object) -> None:
+    with pytest.raises(ValueError):
+        Registry().register(name)  # type: ignore[arg-type]
+
+
+def test_unknown_name_lists_known_and_closest() -> None:
+    registry = Registry()
+    registry.register("yes_no")(_dummy)
+    registry.register("jaccard")(_dummy)
+    with pytest.raises(UnknownQueryType) as err:
+        registry.get("yesno")
+    assert str(err.value).startswith("unknown query_type 'yesno'. Did you mean 'yes_no'? Known query types: jaccard, yes_no.")
+    with pytest.raises(UnknownQueryType) as err:
+        registry.get("zzz")
+    assert "Did you mean" not in str(err.value)
+
+
+def test_builtins_are_registered() -> None:
+    assert {"multiple_choice", "jaccard", "exact_match", "yes_no"} <= set(REGISTRY.names())
+    assert all(s.source == "built-in" and s.doc for s in REGISTRY.specs() if s.fn.__module__.startswith("medverl."))
+
+
+def _write_plugin(path: Path, name: str) -> Path:
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            from medverl.rewards import register
+
+            @register({name!r})
+            def reward(answer, golds):
+                \"\"\"Length of the answer equals the gold's.\"\"\"
+                return float(len(answer) == len(golds[0]))
+            """
+        )
+    )
+    return path
+
+
+def test_plugin_file_loads_once(tmp_path: Path, monkeypatch) -> None:
+    fresh = Registry()
+    monkeypatch.setattr("medverl.rewards.registry.REGISTRY", fresh)
+    plugin = str(_write_plugin(tmp_path / "lengths.py", "same_length"))
+    for spelling in (plugin, plugin, str(tmp_path / "." / "lengths.py")):
+        # loaded on the first call only: a second load would raise "already registered"
+        result = compute_score(
+            solution_str="<answer>abc</answer>",
+            ground_truth="xyz",
+            extra_info={"query_type": "same_length"},
+            plugins=[spelling],
+        )
+        assert result["acc"] == 1.0
+    assert fresh.get("same_length").source == plugin
+    assert fresh.get("same_length").doc == "Length of the answer equals the gold's."
+
+
+def test_plugin_module_by_name(tmp_path: Path, monkeypatch) -> None:
+    fresh = Registry()
+    monkeypatch.setattr("medverl.rewards.registry.REGISTRY", fresh)
+    _write_plugin(tmp_path / "my_lab_rewards.py", "lab_length")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = compute_score(
+        solution_str="<answer>ab</answer>",
+        ground_truth="cd",
+        extra_info={"query_type": "lab_length"},
+        plugins="my_lab_rewards",
+    )
+    assert result["score"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("plugin", "match"),
+    [
+        ("/nonexistent/dir/rewards.py", "not found"),
+        ("no_such_module_for_medverl", "failed to import"),
+        ("broken.py", "failed to load: .*SyntaxError|failed to load: .*invalid syntax"),
+    ],
+)
+def test_plugin_errors_are_clear(plugin: str, match: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("medverl.rewards.registry.REGISTRY", Registry())
+    if plugin == "broken.py":
+        (tmp_path / plugin).write_text("def reward(:\n")
+        plugin = str(tmp_path / plugin)
+    with pytest.raises(PluginError, match=match):
+        compute_score(solution_str="", ground_truth="x", extra_info={"query_type": "x"}, plugins=[plugin])
+
+
+def test_example_user_reward_in_reward_fns(monkeypatch) -> None:
+    fresh = Registry()
+    monkeypatch.setattr("medverl.rewards.registry.REGISTRY", fresh)
+    runpy.run_path(str(REPO / "reward_fns" / "icd10_example.py"))  # registers into the fresh registry
+    spec = fresh.get("icd10")
+    cases = {"J18.9": 1.0, "j189": 1.0, "J18.1": 0.5, "K35.8": 0.0, "J18.9 or J15.9": 0.0}
+    for answer, acc in cases.items():
+        verdict = spec.fn(answer, ("J18.9",))
+        assert isinstance(verdict, Verdict) and verdict.acc == acc, answer
