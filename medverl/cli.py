@@ -1,0 +1,119 @@
+"""The ``medverl`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from medverl import __version__
+
+
+def _reward_options_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format-weight", type=float, default=0.1, help="w in w*format + (1-w)*acc (default 0.1)")
+    parser.add_argument("--think-prefilled", action="store_true", help="the chat template opened <think>")
+    parser.add_argument("--require-think", action="store_true", help="reasoning must be one <think> block")
+    parser.add_argument("--max-answer-chars", type=int, default=8192, help="longer answers score acc 0")
+    parser.add_argument(
+        "--plugins", action="append", default=[], metavar="MODULE_OR_FILE",
+        help="module or .py file registering more query types (repeatable)",
+    )
+
+
+def _cmd_rewards_list(args: argparse.Namespace) -> int:
+    from medverl.rewards import REGISTRY
+
+    REGISTRY.load_plugins(args.plugins)
+    print("| query_type | source | description |\n|---|---|---|")
+    for spec in REGISTRY.specs():
+        print(f"| {spec.name} | {spec.source} | {spec.doc} |")
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from medverl.rewards import RewardOptions
+    from medverl.score_report import score_rows
+
+    options = RewardOptions(
+        format_weight=args.format_weight,
+        think_prefilled=args.think_prefilled,
+        require_think=args.require_think,
+        max_answer_chars=args.max_answer_chars,
+        plugins=tuple(args.plugins),
+    )
+    source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
+    with contextlib.ExitStack() as stack:
+        if source is not sys.stdin:
+            stack.enter_context(source)
+        per_sample = stack.enter_context(open(args.output, "w", encoding="utf-8")) if args.output else None
+        lines = tqdm(source, desc="scoring", unit=" rows", disable=None, file=sys.stderr)
+        summary = score_rows(lines, options, per_sample)
+
+    table = summary.markdown()
+    print(table)
+    if args.report:
+        Path(args.report).write_text(table, encoding="utf-8")
+        print(f"table written to {args.report}")
+    if args.output:
+        print(f"per-sample scores written to {args.output}")
+    if summary.rejected:
+        rejects_path = args.rejects or (f"{args.output}.rejects.jsonl" if args.output else None)
+        if rejects_path:
+            with open(rejects_path, "w", encoding="utf-8") as f:
+                for r in summary.rejected:
+                    f.write(json.dumps({"line": r.line, "reason": r.reason, "excerpt": r.excerpt}, ensure_ascii=False) + "\n")
+        print(f"\n{len(summary.rejected)} row(s) could not be scored:", file=sys.stderr)
+        for r in summary.rejected[:20]:
+            print(f"  {args.input}:{r.line}: {r.reason}", file=sys.stderr)
+        if len(summary.rejected) > 20:
+            print(f"  ... and {len(summary.rejected) - 20} more", file=sys.stderr)
+        if rejects_path:
+            print(f"all rejected rows are listed in {rejects_path}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every ``medverl`` subcommand."""
+    parser = argparse.ArgumentParser(prog="medverl", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"medverl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    rewards = sub.add_parser("rewards", help="inspect the query_type reward registry")
+    rewards_sub = rewards.add_subparsers(dest="rewards_command", required=True)
+    listing = rewards_sub.add_parser("list", help="list registered query types")
+    listing.add_argument("--plugins", action="append", default=[], metavar="MODULE_OR_FILE")
+    listing.set_defaults(func=_cmd_rewards_list)
+
+    score = sub.add_parser(
+        "score",
+        help="score predictions with the rewards GRPO trains on",
+        description="Score a JSONL of predictions (solution_str, ground_truth, query_type, optional options, "
+        "data_source, extra_info) and print per-query_type and per-data_source tables.",
+    )
+    score.add_argument("--input", required=True, help="predictions JSONL, or - for stdin")
+    score.add_argument("--output", help="per-sample JSONL with the extracted prediction and the reason for each 0")
+    score.add_argument("--report", help="also write the tables to this markdown file")
+    score.add_argument("--rejects", help="where to list rows that could not be scored (default: OUTPUT.rejects.jsonl)")
+    _reward_options_args(score)
+    score.set_defaults(func=_cmd_score)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``medverl`` command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (OSError, ValueError, ImportError) as exc:
+        print(f"medverl: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

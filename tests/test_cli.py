@@ -1,0 +1,110 @@
+"""The ``medverl`` command line: rewards list and score."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from medverl.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "predictions.jsonl"
+
+
+def test_rewards_list_shows_builtins_and_plugins(capsys) -> None:
+    assert main(["rewards", "list", "--plugins", str(REPO / "reward_fns" / "icd10_example.py")]) == 0
+    out = capsys.readouterr().out
+    assert "| multiple_choice | built-in | Exact match of one option letter" in out
+    assert "| icd10 | " in out and "icd10_example.py" in out
+
+
+def test_score_bundled_example(tmp_path: Path, capsys) -> None:
+    per_sample, report = tmp_path / "scores.jsonl", tmp_path / "report.md"
+    assert main(["score", "--input", str(EXAMPLE), "--output", str(per_sample), "--report", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "| query_type | n | score | acc | format pass | parse failures |" in out
+    assert "| data_source | n |" in out
+    assert report.read_text() in out
+    rows = [json.loads(line) for line in per_sample.read_text().splitlines()]
+    assert len(rows) == sum(1 for line in EXAMPLE.read_text().splitlines() if line.strip())
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["pmc_vqa-003"]["reason"] == "hedge: names options B and C"  # "B or C"
+    assert by_id["vqa_rad-015"]["pred"] == "" and by_id["vqa_rad-015"]["acc"] == 0.0  # "Nodule" is not "no"
+    assert {"line", "data_source", "query_type", "score", "acc", "format", "pred", "reason"} <= set(rows[0])
+
+
+def _table_row(out: str, name: str) -> list[str]:
+    line = next(line for line in out.splitlines() if line.startswith(f"| {name} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_score_table_counts(tmp_path: Path, capsys) -> None:
+    rows = [
+        {"solution_str": "<answer>B</answer>", "ground_truth": "B", "query_type": "multiple_choice", "data_source": "a"},
+        {"solution_str": "<answer>B or C</answer>", "ground_truth": "B", "query_type": "multiple_choice", "data_source": "a"},
+        {"solution_str": "B", "ground_truth": "B", "query_type": "multiple_choice", "data_source": "b"},
+        {"solution_str": "<answer>yes</answer>", "ground_truth": "yes", "extra_info": {"query_type": "yes_no"}},
+    ]
+    preds = tmp_path / "p.jsonl"
+    preds.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert main(["score", "--input", str(preds), "--format-weight", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert _table_row(out, "multiple_choice") == ["multiple_choice", "3", "0.400", "0.333", "66.7%", "1"]
+    assert _table_row(out, "yes_no") == ["yes_no", "1", "1.000", "1.000", "100.0%", "0"]
+    assert _table_row(out, "unknown")[1] == "1"  # rows without data_source
+
+
+def test_bad_rows_are_listed_not_dropped(tmp_path: Path, capsys) -> None:
+    preds = tmp_path / "p.jsonl"
+    preds.write_text(
+        "\n".join(
+            [
+                json.dumps({"solution_str": "<answer>B</answer>", "ground_truth": "B", "query_type": "multiple_choice"}),
+                "{not json",
+                json.dumps({"solution_str": "x", "query_type": "yes_no"}),
+                json.dumps({"solution_str": "x", "ground_truth": "B", "query_type": "multiple_choise"}),
+                json.dumps({"solution_str": "x", "ground_truth": "maybe", "query_type": "yes_no"}),
+                json.dumps(["a list"]),
+            ]
+        )
+        + "\n"
+    )
+    out_path = tmp_path / "scores.jsonl"
+    assert main(["score", "--input", str(preds), "--output", str(out_path)]) == 1
+    captured = capsys.readouterr()
+    assert "5 row(s) could not be scored" in captured.err
+    rejects = [json.loads(line) for line in Path(f"{out_path}.rejects.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rejects] == [2, 3, 4, 5, 6]
+    reasons = [r["reason"] for r in rejects]
+    assert reasons[0].startswith("invalid JSON")
+    assert "missing field(s) ground_truth" in reasons[1]
+    assert "Did you mean 'multiple_choice'" in reasons[2]
+    assert "not a yes or a no" in reasons[3]
+    assert "expected a JSON object" in reasons[4]
+    assert len(out_path.read_text().splitlines()) == 1  # read == scored + rejected
+
+
+def test_missing_input_file_is_a_clean_error(capsys) -> None:
+    assert main(["score", "--input", "/nonexistent/preds.jsonl"]) == 2
+    assert "medverl: error:" in capsys.readouterr().err
+
+
+def test_bad_option_is_a_clean_error(capsys) -> None:
+    assert main(["score", "--input", str(EXAMPLE), "--format-weight", "2"]) == 2
+    assert "format_weight must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_console_script_is_installed() -> None:
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("medverl")), "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.startswith("medverl ")
+
+
+def test_score_reads_stdin() -> None:
+    line = json.dumps({"solution_str": "<answer>no</answer>", "ground_truth": "no", "query_type": "yes_no"})
+    out = subprocess.run(
+        [sys.executable, "-m", "medverl", "score", "--input", "-"], input=line, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert "| yes_no | 1 | 1.000 | 1.000 | 100.0% | 0 |" in out.stdout
