@@ -26,13 +26,33 @@ def _reward_options_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_rewards_list(args: argparse.Namespace) -> int:
-    from medverl.rewards import REGISTRY
+    from medverl.rewards import registry
 
-    REGISTRY.load_plugins(args.plugins)
+    registry.REGISTRY.load_plugins(args.plugins)
     print("| query_type | source | description |\n|---|---|---|")
-    for spec in REGISTRY.specs():
+    for spec in registry.REGISTRY.specs():
         print(f"| {spec.name} | {spec.source} | {spec.doc} |")
     return 0
+
+
+def _cmd_rewards_check(args: argparse.Namespace) -> int:
+    from medverl.reference_check import check_parquet
+    from medverl.rewards import RewardOptions
+
+    options = RewardOptions(default_query_type=args.default_query_type, plugins=tuple(args.plugins))
+    report = check_parquet(args.parquet, options)
+    print("| query_type | rows |\n|---|---:|")
+    for name, count in sorted(report.checked.items()):
+        print(f"| {name} | {count} |")
+    if not report.bad:
+        print(f"all {sum(report.checked.values())} references can be scored")
+        return 0
+    print(f"\n{len(report.bad)} row(s) cannot be scored:", file=sys.stderr)
+    for bad in report.bad[:20]:
+        print(f"  {bad.file} row {bad.row} (index={bad.index!r}, {bad.data_source}): {bad.reason}", file=sys.stderr)
+    if len(report.bad) > 20:
+        print(f"  ... and {len(report.bad) - 20} more", file=sys.stderr)
+    return 1
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -89,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     listing = rewards_sub.add_parser("list", help="list registered query types")
     listing.add_argument("--plugins", action="append", default=[], metavar="MODULE_OR_FILE")
     listing.set_defaults(func=_cmd_rewards_list)
+    check = rewards_sub.add_parser(
+        "check",
+        help="check that every row of verl RL parquet files has a registered query_type and a usable ground truth",
+    )
+    check.add_argument("parquet", nargs="+", help="verl RL parquet files")
+    check.add_argument("--default-query-type", help="for rows without extra_info.query_type")
+    check.add_argument("--plugins", action="append", default=[], metavar="MODULE_OR_FILE")
+    check.set_defaults(func=_cmd_rewards_check)
 
     score = sub.add_parser(
         "score",

@@ -108,3 +108,51 @@ def test_score_reads_stdin() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "| yes_no | 1 | 1.000 | 1.000 | 100.0% | 0 |" in out.stdout
+
+
+def _rl_row(index: int, ground_truth: str, query_type: str, options: str = "") -> dict:
+    return {
+        "data_source": "pmc_vqa",
+        "prompt": [{"role": "user", "content": "<image>Which finding?"}],
+        "images": [],
+        "ability": "medical_vqa",
+        "reward_model": {"style": "rule", "ground_truth": ground_truth},
+        "extra_info": {"split": "train", "index": index, "query_type": query_type, "options": options},
+    }
+
+
+def test_rewards_check_finds_rows_no_answer_can_match(tmp_path: Path, capsys) -> None:
+    import pandas as pd
+
+    options = json.dumps(["Edema", "Pneumonia", "Effusion"])
+    rows = [
+        _rl_row(0, "B", "multiple_choice", options),
+        _rl_row(1, "Pneumonia", "multiple_choice", options),
+        _rl_row(2, "D", "multiple_choice", options),  # no option D
+        _rl_row(3, "yes", "yes_no"),
+        _rl_row(4, "maybe", "yes_no"),  # not a yes or a no
+        _rl_row(5, "left lung", "jacard"),  # typo
+        _rl_row(6, "", "jaccard"),  # empty reference
+    ]
+    path = tmp_path / "train.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    assert main(["rewards", "check", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert "| multiple_choice | 2 |" in captured.out and "| yes_no | 1 |" in captured.out
+    assert "4 row(s) cannot be scored" in captured.err
+    for index in (2, 4, 5, 6):
+        assert f"(index={index}, pmc_vqa)" in captured.err
+    assert "Did you mean 'jaccard'" in captured.err
+
+    pd.DataFrame(rows[:2]).to_parquet(path)
+    assert main(["rewards", "check", str(path)]) == 0
+    assert "all 2 references can be scored" in capsys.readouterr().out
+
+
+def test_rewards_check_rejects_a_parquet_that_is_not_rl(tmp_path: Path, capsys) -> None:
+    import pandas as pd
+
+    path = tmp_path / "sft.parquet"
+    pd.DataFrame([{"messages": [{"role": "user", "content": "hi"}]}]).to_parquet(path)
+    assert main(["rewards", "check", str(path)]) == 2
+    assert "missing column(s) data_source, reward_model, extra_info; it has messages" in capsys.readouterr().err

@@ -158,16 +158,19 @@ class Registry:
             self._entry_points_loaded = True
 
     def load_plugins(self, plugins: Iterable[str]) -> None:
-        """Import reward plugins (module names or ``.py`` files) not yet loaded in this process."""
+        """Import reward plugins (module names or ``.py`` files) not yet loaded into this registry."""
         for plugin in plugins:
             if plugin in self._plugins_loaded:
                 continue
             with self._lock:
                 if plugin in self._plugins_loaded:
                     continue
-                _import_plugin(plugin)
+                key = _plugin_key(plugin)
+                if key not in self._plugins_loaded:  # the same file under another spelling of its path
+                    _import_plugin(plugin)
+                    self._plugins_loaded.add(key)
+                    logger.info("loaded reward plugin %s", plugin)
                 self._plugins_loaded.add(plugin)
-                logger.info("loaded reward plugin %s", plugin)
 
     def _unknown_message(self, name: object) -> str:
         known = sorted(self._specs)
@@ -187,9 +190,16 @@ def _source_of(fn: Callable) -> str:
     return getattr(module, "__file__", None) or getattr(fn, "__module__", "?")
 
 
+def _is_file(plugin: str) -> bool:
+    return plugin.endswith(".py") or "/" in plugin or "\\" in plugin
+
+
+def _plugin_key(plugin: str) -> str:
+    return str(Path(plugin).expanduser().resolve()) if _is_file(plugin) else plugin
+
+
 def _import_plugin(plugin: str) -> None:
-    is_file = plugin.endswith(".py") or "/" in plugin or "\\" in plugin
-    if not is_file:
+    if not _is_file(plugin):
         try:
             importlib.import_module(plugin)
         except Exception as exc:
@@ -207,8 +217,6 @@ def _import_plugin(plugin: str) -> None:
         )
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
     module_name = f"medverl_plugin_{path.stem}_{digest}"
-    if module_name in sys.modules:  # the same file under another spelling of its path
-        return
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise PluginError(f"reward plugin {plugin!r} is not a loadable Python file")

@@ -156,6 +156,30 @@ def resolve_query_type(extra_info: Mapping[str, object] | None, options: RewardO
     return registry.REGISTRY.get(str(query_type))
 
 
+def check_reference(
+    ground_truth: object,
+    extra_info: Mapping[str, object] | None = None,
+    options: RewardOptions = _DEFAULT_OPTIONS,
+) -> tuple[registry.RewardSpec, tuple[str, ...], dict[str, object]]:
+    """Resolve a row's reward and check its reference, as data preparation and every scoring call do.
+
+    Returns:
+        The reward, the acceptable answers and the keyword arguments the reward takes from `extra_info`.
+
+    Raises:
+        UnknownQueryType: the row's query_type is not registered.
+        InvalidReference: no answer could match the ground truth.
+    """
+    if options.plugins:
+        registry.REGISTRY.load_plugins(options.plugins)
+    spec = resolve_query_type(extra_info, options)
+    golds = parse_ground_truth(ground_truth)
+    params = {key: (extra_info or {}).get(key) for key in spec.extra_info_keys}
+    if spec.validate is not None:
+        spec.validate(golds, **params)
+    return spec, golds, params
+
+
 def score_sample(
     solution_str: object,
     ground_truth: object,
@@ -166,14 +190,7 @@ def score_sample(
 
     Raises only for trusted inputs: an unknown query_type or an invalid reference.
     """
-    if options.plugins:
-        registry.REGISTRY.load_plugins(options.plugins)
-    spec = resolve_query_type(extra_info, options)
-    golds = parse_ground_truth(ground_truth)
-    params = {key: (extra_info or {}).get(key) for key in spec.extra_info_keys}
-    if spec.validate is not None:
-        spec.validate(golds, **params)
-
+    spec, golds, params = check_reference(ground_truth, extra_info, options)
     if not isinstance(solution_str, str):
         solution_str = _as_text(solution_str)
     fmt = check_format(solution_str, think_prefilled=options.think_prefilled, require_think=options.require_think)
