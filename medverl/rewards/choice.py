@@ -6,7 +6,7 @@ import functools
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from medverl.rewards.registry import InvalidReference, Verdict, register
 from medverl.rewards.text import STRIP_CHARS, normalize
@@ -30,8 +30,7 @@ _LEADING_LETTER = re.compile(r"([a-z])(?=$|[\s,/&;])")
 _HEDGE = re.compile(r"(?:(?:^|[\s(])(?:or|and|vs\.?|versus)\s|\s?[,/&;]\s?)\(?([a-z])\)?(?=$|[\s.,):;/&])")
 
 
-@dataclass(frozen=True, slots=True)
-class Choice:
+class Choice(NamedTuple):
     """A parsed multiple-choice answer: `letter` (upper case) or the `reason` there is none."""
 
     letter: str = ""
@@ -48,7 +47,7 @@ def parse_options(options: object) -> tuple[str, ...]:
         return ()
     if isinstance(options, str):
         return _parse_options_json(options)
-    return tuple(str(o) for o in options)
+    return tuple(map(str, options))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -185,6 +184,14 @@ def multiple_choice(answer: str, golds: tuple[str, ...], options: object = None)
     >>> multiple_choice("(B) Pneumonia", ("B",), options=["Edema", "Pneumonia"]).acc
     1.0
     """
+    if isinstance(options, list):
+        options = tuple(options)
+    if len(answer) <= _MEMO_CHARS and (options is None or isinstance(options, str | tuple)):
+        return _memo_multiple_choice(answer, golds, options)
+    return _multiple_choice(answer, golds, options)
+
+
+def _multiple_choice(answer: str, golds: tuple[str, ...], options: object) -> Verdict:
     opts = parse_options(options)
     choice = extract_choice(answer, opts)
     if not choice.letter:
@@ -192,4 +199,9 @@ def multiple_choice(answer: str, golds: tuple[str, ...], options: object = None)
     if choice.letter in gold_letters(golds, opts):
         return Verdict(1.0, pred=choice.letter)
     return Verdict(0.0, pred=choice.letter, reason="wrong option")
+
+
+# Short answers repeat across a GRPO group and across prompts ("B", "(C)"): memoise them.
+_MEMO_CHARS = 256
+_memo_multiple_choice = functools.lru_cache(maxsize=1 << 16)(_multiple_choice)
 

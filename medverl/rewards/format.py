@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from medverl.rewards.text import is_blank
 
@@ -10,8 +10,7 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 
 
-@dataclass(frozen=True, slots=True)
-class FormatCheck:
+class FormatCheck(NamedTuple):
     """Outcome of :func:`check_format`: `answer` is the tag's content when `ok`, else `reason` says why not."""
 
     ok: bool
@@ -79,7 +78,7 @@ def check_format(output: str, *, think_prefilled: bool = False, require_think: b
     end = region.find(ANSWER_CLOSE)
     if end < start:
         return FormatCheck(False, reason="</answer> before <answer>")
-    answer = region[start:end]
-    if is_blank(answer):
+    answer = region[start:end].strip()
+    if not answer or (not answer.isascii() and is_blank(answer)):
         return FormatCheck(False, reason="empty <answer>")
-    return FormatCheck(True, answer=answer.strip())
+    return FormatCheck(True, answer)

@@ -14,15 +14,14 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import NamedTuple, Union
 
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "medverl.rewards"
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     """What a reward function may return instead of a bare float.
 
     Attributes:

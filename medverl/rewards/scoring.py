@@ -9,6 +9,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 from medverl.rewards import registry
 from medverl.rewards.format import check_format
@@ -51,9 +52,15 @@ class RewardOptions:
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, object]) -> RewardOptions:
         """Options from verl's reward_kwargs; an unknown key raises with the closest known one."""
+        global _last_options
         if not kwargs:
             return _DEFAULT_OPTIONS
-        return _options_from_items(tuple(sorted((k, _freeze(v)) for k, v in kwargs.items())))
+        last_kwargs, last = _last_options
+        if kwargs == last_kwargs:  # verl passes the same reward_kwargs for every sample
+            return last
+        options = _options_from_items(tuple(sorted((k, _freeze(v)) for k, v in kwargs.items())))
+        _last_options = (dict(kwargs), options)
+        return options
 
 
 def _freeze(value: object) -> object:
@@ -87,10 +94,10 @@ def _options_from_items(items: tuple[tuple[str, object], ...]) -> RewardOptions:
 
 
 _DEFAULT_OPTIONS = RewardOptions()
+_last_options: tuple[dict, RewardOptions] = ({}, _DEFAULT_OPTIONS)
 
 
-@dataclass(frozen=True, slots=True)
-class RewardResult:
+class RewardResult(NamedTuple):
     """One scored sample; :meth:`to_verl` is what verl receives."""
 
     score: float
@@ -117,14 +124,18 @@ def parse_ground_truth(ground_truth: object) -> tuple[str, ...]:
     ('yes', 'Yes.')
     """
     if isinstance(ground_truth, str):
-        golds = _parse_gold_string(ground_truth)
-    elif ground_truth is None or isinstance(ground_truth, bytes | Mapping):
+        return _parse_gold_string(ground_truth)
+    if ground_truth is None or isinstance(ground_truth, bytes | Mapping):
         raise InvalidReference(f"ground_truth must be a string or a list of strings, got {ground_truth!r}")
     else:
         try:
             golds = tuple(str(g) for g in ground_truth)  # list, tuple, numpy array
         except TypeError:
             golds = (str(ground_truth),)  # a number
+    return _non_blank(golds, ground_truth)
+
+
+def _non_blank(golds: tuple[str, ...], ground_truth: object) -> tuple[str, ...]:
     golds = tuple(g for g in golds if g.strip())
     if not golds:
         raise InvalidReference(f"ground_truth {ground_truth!r} is empty")
@@ -138,10 +149,10 @@ def _parse_gold_string(ground_truth: str) -> tuple[str, ...]:
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError:
-            return (ground_truth,)
+            parsed = None
         if isinstance(parsed, list):
-            return tuple(str(g) for g in parsed)
-    return (ground_truth,)
+            return _non_blank(tuple(str(g) for g in parsed), ground_truth)
+    return _non_blank((ground_truth,), ground_truth)
 
 
 def resolve_query_type(extra_info: Mapping[str, object] | None, options: RewardOptions) -> registry.RewardSpec:
@@ -174,10 +185,43 @@ def check_reference(
         registry.REGISTRY.load_plugins(options.plugins)
     spec = resolve_query_type(extra_info, options)
     golds = parse_ground_truth(ground_truth)
-    params = {key: (extra_info or {}).get(key) for key in spec.extra_info_keys}
+    if spec.extra_info_keys:
+        params = {key: _hashable((extra_info or {}).get(key)) for key in spec.extra_info_keys}
+        key: tuple | None = (spec.validate, golds, *params.values())
+    else:
+        params, key = {}, (spec.validate, golds)
     if spec.validate is not None:
+        try:
+            if key in _validated:
+                return spec, golds, params
+        except TypeError:  # an unhashable parameter: validate every time
+            key = None
         spec.validate(golds, **params)
+        if key is not None:
+            if len(_validated) >= _MAX_VALIDATED:
+                _validated.clear()
+            _validated.add(key)
     return spec, golds, params
+
+
+# References already validated: GRPO scores each prompt's reference once per response of its group.
+_validated: set[tuple] = set()
+_MAX_VALIDATED = 1 << 17
+
+
+_SCALARS = (str, int, float, tuple)
+
+
+def _hashable(value: object) -> object:
+    """Sequences as tuples (parquet rows give lists or numpy arrays), so rewards can cache on them."""
+    if isinstance(value, list):
+        return tuple(value)
+    if value is None or isinstance(value, _SCALARS) or isinstance(value, Mapping):
+        return value
+    try:
+        return tuple(value)  # type: ignore[call-overload]
+    except TypeError:
+        return value
 
 
 def score_sample(
@@ -220,12 +264,18 @@ def _run_reward(spec: registry.RewardSpec, answer: str, golds: tuple[str, ...], 
     except Exception as exc:
         _log_reward_bug(spec.name, f"raised {type(exc).__name__}: {exc}", exc_info=True)
         return Verdict(0.0, reason=f"reward error: {type(exc).__name__}")
-    verdict = out if isinstance(out, Verdict) else Verdict(out)  # type: ignore[arg-type]
-    acc = verdict.acc
-    if not isinstance(acc, int | float) or math.isnan(acc) or not -1e-9 <= acc <= 1.0 + 1e-9:
-        _log_reward_bug(spec.name, f"returned acc {acc!r}, outside [0, 1]")
+    verdict = out if type(out) is Verdict else Verdict(out)  # type: ignore[arg-type]
+    acc, pred, reason = verdict
+    if type(acc) is float and 0.0 <= acc <= 1.0 and type(pred) is str and type(reason) is str:
+        return verdict
+    try:
+        acc = float(acc)
+    except (TypeError, ValueError):
+        acc = math.nan
+    if not -1e-9 <= acc <= 1.0 + 1e-9:  # NaN fails the comparison too
+        _log_reward_bug(spec.name, f"returned acc {verdict.acc!r}, outside [0, 1]")
         return Verdict(0.0, reason="reward error: acc outside [0, 1]")
-    return Verdict(min(max(float(acc), 0.0), 1.0), str(verdict.pred), str(verdict.reason))
+    return Verdict(min(max(acc, 0.0), 1.0), str(pred), str(reason))
 
 
 _reported_bugs: set[tuple[str, str]] = set()
