@@ -1,0 +1,71 @@
+"""A tiny Qwen2-style tokenizer built offline in well under a second, for tests that need verl's real classes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import Qwen2Tokenizer
+
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+# ChatML, rendering an image item the way Qwen-VL templates do.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}{{ '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+_CORPUS = (
+    "The chest radiograph shows consolidation in the right lower lobe with air bronchograms.",
+    "No fracture line is seen. The answer is yes or no. Is there a pleural effusion?",
+    "<think>The lesion is hyperintense on T2-weighted MRI.</think>\n<answer>B</answer>",
+    "Options: (A) Pulmonary edema (B) Lobar pneumonia (C) Pleural effusion (D) Pneumothorax",
+    "ICD-10 J18.9 pneumonia, unspecified organism; K35.8 acute appendicitis.",
+    "右肺下叶可见斑片状高密度影。是 否 没有 有 左肺",
+)
+
+
+def build_tiny_tokenizer(vocab_size: int = 600) -> Qwen2Tokenizer:
+    """A byte-level BPE with Qwen's special tokens first, wrapped as ``Qwen2Tokenizer`` with a ChatML template."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(QWEN_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_CORPUS * 4, trainer)
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    tokenizer = Qwen2Tokenizer(
+        vocab=model["vocab"], merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS[1:])})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_tiny_tokenizer(directory: str | Path) -> Path:
+    """Save the tiny tokenizer where ``verl.utils.hf_tokenizer`` (and ``AutoTokenizer``) can load it."""
+    directory = Path(directory)
+    build_tiny_tokenizer().save_pretrained(directory)
+    return directory
