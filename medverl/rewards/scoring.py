@@ -58,16 +58,11 @@ class RewardOptions:
         last_kwargs, last = _last_options
         if kwargs == last_kwargs:  # verl passes the same reward_kwargs for every sample
             return last
-        options = _options_from_items(tuple(sorted((k, _freeze(v)) for k, v in kwargs.items())))
+        # Hydra passes lists as ListConfig: tuples make the items hashable for the cache.
+        items = tuple(sorted((k, _hashable(v)) for k, v in kwargs.items() if k not in _VERL_KWARGS))
+        options = _options_from_items(items)
         _last_options = (dict(kwargs), options)
         return options
-
-
-def _freeze(value: object) -> object:
-    """A hashable copy of a reward_kwargs value (Hydra passes lists as ListConfig)."""
-    if isinstance(value, str) or not hasattr(value, "__iter__"):
-        return value
-    return tuple(_freeze(v) for v in value)
 
 
 @functools.lru_cache(maxsize=64)
@@ -75,21 +70,23 @@ def _options_from_items(items: tuple[tuple[str, object], ...]) -> RewardOptions:
     known = {f.name for f in fields(RewardOptions)}
     values: dict[str, object] = {}
     for key, value in items:
-        if key in _VERL_KWARGS:
-            continue
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise TypeError(f"unknown medverl reward_kwargs key {key!r}.{hint} Known keys: {', '.join(sorted(known))}")
         values[key] = value
-    if "plugins" in values:
-        plugins = values["plugins"]
-        values["plugins"] = tuple(p.strip() for p in plugins.split(",") if p.strip()) if isinstance(plugins, str) else tuple(plugins)
+    plugins = values.get("plugins", ())
+    if isinstance(plugins, str):  # a comma-separated string from a shell
+        values["plugins"] = tuple(p.strip() for p in plugins.split(",") if p.strip())
     for flag in ("think_prefilled", "require_think"):
         if flag in values and not isinstance(values[flag], bool):
             raise TypeError(f"reward_kwargs.{flag} must be true or false, got {values[flag]!r}")
-    if "format_weight" in values:
-        values["format_weight"] = float(values["format_weight"])
+    for key, kind in (("format_weight", float), ("max_answer_chars", int)):
+        if key in values:
+            try:
+                values[key] = kind(values[key])
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"reward_kwargs.{key} must be a number, got {values[key]!r}") from exc
     return RewardOptions(**values)
 
 
