@@ -41,6 +41,8 @@ OPTIONS = ["Pulmonary edema", "Lobar pneumonia", "Pleural effusion", "Pneumothor
         ("（B）", "B"),  # fullwidth parentheses
         ("B\u200b", "B"),  # trailing zero-width space
         ("B\n", "B"),
+        ("The answer is\n\n(B)", "B"),  # spread over lines
+        ("B.\nLobar\npneumonia", "B"),
     ],
 )
 def test_renderings_of_one_option(answer: str, letter: str) -> None:
