@@ -101,6 +101,26 @@ SAMPLES = [
 ]
 
 
+def test_think_tags_survive_verls_decode(tokenizer_dir: Path) -> None:
+    """Like Qwen3's, the tiny tokenizer's <think> tokens are not special: verl's decode keeps them."""
+    tokenizer = hf_tokenizer(str(tokenizer_dir))
+    ids = tokenizer("<think>x</think><answer>B</answer><|im_end|>")["input_ids"]
+    assert tokenizer.convert_tokens_to_ids("</think>") in ids
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "<think>x</think><answer>B</answer>"
+
+
+def test_think_prefilled_through_the_reward_manager(tokenizer_dir: Path) -> None:
+    """Qwen3 thinking templates end the prompt with '<think>\\n': the response starts inside the reasoning."""
+    cfg = compose_recipe(tokenizer_dir, "reward.custom_reward_function.reward_kwargs.think_prefilled=true")
+    tokenizer = hf_tokenizer(str(tokenizer_dir))
+    manager = load_reward_manager(cfg, tokenizer)
+    extra = {"query_type": "yes_no"}
+    closed = make_batch(tokenizer, [{"response": "effusion seen</think><answer>yes</answer>", "gold": "yes", "extra_info": extra}])
+    never_closed = make_batch(tokenizer, [{"response": "effusion seen <answer>yes</answer>", "gold": "yes", "extra_info": extra}])
+    assert manager.loop.run_until_complete(manager.run_single(closed))["reward_score"] == 1.0
+    assert manager.loop.run_until_complete(manager.run_single(never_closed))["reward_score"] == 0.0
+
+
 @pytest.mark.parametrize(("response", "gold", "extra_info", "acc"), SAMPLES)
 def test_naive_reward_manager_run_single(tokenizer_dir: Path, response, gold, extra_info, acc) -> None:
     cfg = compose_recipe(tokenizer_dir, "reward.custom_reward_function.reward_kwargs.format_weight=0.2")

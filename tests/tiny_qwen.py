@@ -60,6 +60,8 @@ def build_tiny_tokenizer(vocab_size: int = 600) -> Qwen2Tokenizer:
         vocab=model["vocab"], merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>"
     )
     tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS[1:])})
+    # As in Qwen3: added tokens that are NOT special, so verl's skip_special_tokens decode keeps them.
+    tokenizer.add_tokens(["<think>", "</think>"], special_tokens=False)
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
