@@ -14,6 +14,9 @@ INSTALL_REQUIRES = [
     "pandas",
     "pyarrow>=19.0.0",
     "tqdm",
+    "numpy",
+    "pillow",
+    "pydicom>=3.0",
     # parts of verl that medverl's CPU paths import (datasets, reward loop)
     "qwen_vl_utils",
     "cachetools",
@@ -22,7 +25,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8", "pytest-asyncio", "hypothesis>=6"],
+    "test": ["pytest>=8", "pytest-asyncio", "hypothesis>=6", "pydicom-data"],  # pydicom-data: real DICOM files
     "bench": ["mathruler"],
     "train": ["verl[vllm,fsdp]==0.9.1"],  # torch 2.11 + vLLM 0.24 + flash-attn, GPU only
 }
