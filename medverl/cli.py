@@ -98,6 +98,38 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_preset(value: str) -> str | tuple[float, float]:
+    """A CT preset name or 'CENTER,WIDTH'."""
+    if "," not in value:
+        return value
+    try:
+        center, width = (float(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a preset name or CENTER,WIDTH, got {value!r}") from None
+    return center, width
+
+
+def _cmd_dicom(args: argparse.Namespace) -> int:
+    from medverl.data.images import ImageError, load_image
+
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for name in tqdm(args.inputs, desc="converting", unit=" files", disable=None, file=sys.stderr):
+        try:
+            image = load_image(name, dicom_preset=args.preset, pixel_limit=args.pixel_limit)
+        except (ImageError, ValueError) as exc:
+            failed += 1
+            print(f"{name}: {exc}", file=sys.stderr)
+            continue
+        target = out_dir / (Path(name).stem + ".png")
+        target.write_bytes(image.data)
+        sidecar = {"source": name, "width": image.width, "height": image.height, **image.metadata}
+        target.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+        print(f"{name} -> {target} ({image.width}x{image.height}, window {image.metadata.get('window', '-')})")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``medverl`` subcommand."""
     parser = argparse.ArgumentParser(prog="medverl", description=__doc__)
@@ -130,6 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--rejects", help="where to list rows that could not be scored (default: OUTPUT.rejects.jsonl)")
     _reward_options_args(score)
     score.set_defaults(func=_cmd_score)
+
+    dicom = sub.add_parser(
+        "dicom",
+        help="convert DICOM files to the 8-bit PNGs training sees, with a JSON sidecar of window and metadata",
+    )
+    dicom.add_argument("inputs", nargs="+", help=".dcm files")
+    dicom.add_argument("--output", required=True, help="directory for NAME.png and NAME.json")
+    dicom.add_argument(
+        "--preset", type=_parse_preset, default=None,
+        help="window: brain, soft_tissue, lung, bone or CENTER,WIDTH (write --preset=-600,1500 for a negative "
+        "center; default: the file's own window, else a fallback)",
+    )
+    dicom.add_argument("--pixel-limit", type=int, default=8192 * 8192, help="reject larger images")
+    dicom.set_defaults(func=_cmd_dicom)
     return parser
 
 

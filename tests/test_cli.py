@@ -156,3 +156,19 @@ def test_rewards_check_rejects_a_parquet_that_is_not_rl(tmp_path: Path, capsys) 
     pd.DataFrame([{"messages": [{"role": "user", "content": "hi"}]}]).to_parquet(path)
     assert main(["rewards", "check", str(path)]) == 2
     assert "missing column(s) data_source, reward_model, extra_info; it has messages" in capsys.readouterr().err
+
+
+def test_dicom_command_writes_png_and_sidecar(tmp_path: Path, capsys) -> None:
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    ct = str(get_testdata_file("CT_small.dcm", download=False))
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"\0" * 128 + b"DICM")
+    assert main(["dicom", ct, str(broken), "--output", str(tmp_path / "out"), "--preset=-600,1500"]) == 1
+    captured = capsys.readouterr()
+    assert "window explicit (-600/1500)" in captured.out
+    assert "broken.dcm: " in captured.err and "no readable pixel data" in captured.err
+    assert Image.open(tmp_path / "out" / "CT_small.png").size == (128, 128)
+    sidecar = json.loads((tmp_path / "out" / "CT_small.json").read_text())
+    assert sidecar["modality"] == "CT" and sidecar["window"] == "explicit (-600/1500)"
