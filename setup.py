@@ -39,6 +39,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["medverl", "medverl.*"]),
+    package_data={"medverl.prompts": ["*.txt"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["medverl=medverl.cli:main"]},

@@ -130,6 +130,40 @@ def _cmd_dicom(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_prep(args: argparse.Namespace) -> int:
+    from medverl.data.converters import PrepOptions
+    from medverl.data.records import InputError
+    from medverl.data.runner import PrepJob, run_prep
+    from medverl.prompts import load_template
+
+    options = PrepOptions(
+        image_root=Path(args.image_root) if args.image_root else None,
+        max_pixels=args.max_pixels,
+        min_pixels=args.min_pixels,
+        pixel_limit=args.pixel_limit,
+        data_source=args.data_source or Path(args.inputs[0]).stem,
+        split=args.split,
+        query_type=args.query_type,
+        template=load_template(args.template),
+        plugins=tuple(args.plugins),
+    )
+    job = PrepJob(args.kind, tuple(args.inputs), Path(args.output), options, args.rows_per_shard)
+    try:
+        manifest = run_prep(job, workers=args.workers, resume=args.resume)
+    except (InputError, FileExistsError) as exc:
+        print(f"medverl prep: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"read {manifest['read']}, written {manifest['written']} in {len(manifest['shards'])} shard(s), "
+        f"rejected {manifest['rejected']} -> {args.output}"
+    )
+    if manifest["rejected"]:
+        for code, count in manifest["rejected_by_reason"].items():
+            print(f"  {count:>8}  {code}")
+        print(f"every rejected record is listed with its reason in {Path(args.output) / 'rejects.jsonl'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``medverl`` subcommand."""
     parser = argparse.ArgumentParser(prog="medverl", description=__doc__)
@@ -162,6 +196,32 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--rejects", help="where to list rows that could not be scored (default: OUTPUT.rejects.jsonl)")
     _reward_options_args(score)
     score.set_defaults(func=_cmd_score)
+
+    prep = sub.add_parser(
+        "prep",
+        help="convert records into verl parquet (rl, sft) or medverl CPT parquet (caption, interleaved)",
+        description="Convert JSONL / JSON-array / parquet records into parquet shards, a rejects file and a manifest.",
+    )
+    prep.add_argument("kind", choices=["rl", "sft", "caption", "interleaved"])
+    prep.add_argument("inputs", nargs="+", help=".jsonl, .json (an array) or .parquet files")
+    prep.add_argument("--output", required=True, help="output directory (part-NNNNN.parquet, rejects.jsonl, manifest.json)")
+    prep.add_argument("--image-root", help="base directory of relative image paths")
+    prep.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    prep.add_argument("--rows-per-shard", type=int, default=2000)
+    prep.add_argument("--max-pixels", type=int, help="written into every image dict; verl resizes to at most this")
+    prep.add_argument("--min-pixels", type=int, help="written into every image dict; verl resizes to at least this")
+    prep.add_argument("--pixel-limit", type=int, default=8192 * 8192, help="reject larger images (decompression bombs)")
+    prep.add_argument("--resume", action="store_true", help="continue an interrupted job in the same directory")
+    prep.add_argument("--data-source", help="data_source for records without one (default: the first input's name)")
+    prep.add_argument("--split", default="train", help="extra_info.split for RL records without one")
+    prep.add_argument("--query-type", help="query_type for RL records without one")
+    prep.add_argument(
+        "--template", default="think_answer",
+        help="RL prompt template: think_answer, think_prefilled, or a file with {question} {options} {answer_hint}",
+    )
+    prep.add_argument("--plugins", action="append", default=[], metavar="MODULE_OR_FILE",
+                      help="reward plugins, so their query types validate")
+    prep.set_defaults(func=_cmd_prep)
 
     dicom = sub.add_parser(
         "dicom",

@@ -1,0 +1,349 @@
+"""Pure per-record converters: one input record to one output row, or a :class:`Reject` with its reason."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from medverl.data.images import DEFAULT_PIXEL_LIMIT, ImageError, LoadedImage, load_image
+from medverl.prompts import ANSWER_HINTS
+from medverl.rewards import InvalidReference, PluginError, RewardOptions, UnknownQueryType, check_reference
+
+IMAGE_PLACEHOLDER = "<image>"
+SFT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+class Reject(NamedTuple):
+    """Why a record was not written: `code` groups rejects in the manifest, `reason` tells the fix."""
+
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PrepOptions:
+    """What every converter of one job shares.
+
+    Attributes:
+        image_root: base directory of relative image paths.
+        max_pixels, min_pixels: written into every image dict (verl forwards them to qwen_vl_utils).
+        pixel_limit: images with more pixels are rejected before decoding.
+        data_source: for records that name none.
+        split: for RL records that name none.
+        ability: the RL ``ability`` column.
+        query_type: for RL records that name none.
+        template: the RL prompt template text (fields {question}, {options}, {answer_hint}).
+        plugins: reward plugins, so that their query types validate here as they will in training.
+    """
+
+    image_root: Path | None = None
+    max_pixels: int | None = None
+    min_pixels: int | None = None
+    pixel_limit: int = DEFAULT_PIXEL_LIMIT
+    data_source: str = "unknown"
+    split: str = "train"
+    ability: str = "medical_vqa"
+    query_type: str | None = None
+    template: str = "{question}{options}"
+    plugins: tuple[str, ...] = ()
+
+    @property
+    def resolution_keys(self) -> tuple[str, ...]:
+        return tuple(k for k in ("max_pixels", "min_pixels") if getattr(self, k) is not None)
+
+
+class _Rejected(Exception):
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.reject = Reject(code, reason)
+
+
+def _fail(code: str, reason: str) -> _Rejected:
+    return _Rejected(code, reason)
+
+
+def _text(record: Mapping, key: str, *, required: bool = True) -> str:
+    value = record.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise _fail("missing_field", f"missing or empty field {key!r}; the record has {', '.join(sorted(record))}")
+        return ""
+    if not isinstance(value, str):
+        raise _fail("bad_field", f"field {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _image_list(value: object) -> list:
+    """An ``image``/``images`` field as a list of references."""
+    if value is None:
+        return []
+    if isinstance(value, str | bytes | dict):
+        return [value]
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise _fail("bad_field", f"images must be a path, base64 string, dict or a list of them, got {type(value).__name__}")
+
+
+def _load_images(references: list, options: PrepOptions) -> tuple[list[dict], str]:
+    """verl image dicts and the JSON ``image_meta`` of a record's images."""
+    images, meta = [], []
+    for i, reference in enumerate(references):
+        try:
+            image: LoadedImage = load_image(reference, options.image_root, options.pixel_limit)
+        except ImageError as exc:
+            code = "image_not_found" if "not found" in str(exc) else "bad_image"
+            raise _fail(code, f"image {i}: {exc}") from None
+        entry: dict[str, object] = {"bytes": image.data, "path": image.path}
+        for key in options.resolution_keys:
+            entry[key] = getattr(options, key)
+        images.append(entry)
+        meta.append({"width": image.width, "height": image.height, "converted": image.converted, **image.metadata})
+    return images, json.dumps(meta, sort_keys=True) if any(m["converted"] for m in meta) else "[]"
+
+
+def _check_placeholders(texts: list[str], n_images: int) -> None:
+    found = sum(t.count(IMAGE_PLACEHOLDER) for t in texts)
+    if found != n_images:
+        raise _fail(
+            "placeholder_mismatch",
+            f"{found} {IMAGE_PLACEHOLDER} placeholder(s) for {n_images} image(s); put one {IMAGE_PLACEHOLDER} "
+            "where each image goes, in the order of the image list",
+        )
+
+
+def _guarded(convert: Callable[[Mapping, int, str, PrepOptions], dict]) -> Callable:
+    """Turn a converter that raises :class:`_Rejected` into one that returns a :class:`Reject`."""
+
+    @functools.wraps(convert)  # keeps the name, so converters pickle into worker processes
+    def run(record: object, index: int, source: str, options: PrepOptions) -> dict | Reject:
+        if not isinstance(record, Mapping):
+            return Reject("not_an_object", f"a record must be a JSON object, got {type(record).__name__}")
+        try:
+            return convert(record, index, source, options)
+        except _Rejected as exc:
+            return exc.reject
+
+    return run
+
+
+def _options_text(options: list[str]) -> str:
+    return "".join(f"\n{LETTERS[i]}. {text}" for i, text in enumerate(options))
+
+
+def _parse_record_options(value: object) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise _fail("bad_field", "options must be a list of option texts or its JSON string") from None
+    if isinstance(value, Mapping):  # {"A": "...", "B": "..."}
+        keys = sorted(value)
+        if keys != list(LETTERS[: len(keys)]):
+            raise _fail("bad_field", f"options keyed by letters must be A, B, C, ... in order, got {keys}")
+        value = [value[k] for k in keys]
+    if not isinstance(value, list | tuple) or not all(isinstance(o, str) and o.strip() for o in value):
+        raise _fail("bad_field", "options must be a list of non-empty option texts")
+    if len(value) > len(LETTERS):
+        raise _fail("bad_field", f"{len(value)} options is more than {len(LETTERS)}")
+    return list(value)
+
+
+def _ground_truth(answer: object) -> str:
+    if isinstance(answer, str):
+        if not answer.strip():
+            raise _fail("empty_ground_truth", "the answer (ground truth) is empty")
+        return answer
+    if isinstance(answer, list | tuple) and answer and all(isinstance(a, str) for a in answer):
+        kept = [a for a in answer if a.strip()]
+        if not kept:
+            raise _fail("empty_ground_truth", "every acceptable answer is empty")
+        return kept[0] if len(kept) == 1 else json.dumps(kept, ensure_ascii=False)
+    if isinstance(answer, int | float) and not isinstance(answer, bool):
+        return str(answer)
+    raise _fail("empty_ground_truth", f"answer must be a string or a list of strings, got {answer!r:.60}")
+
+
+@_guarded
+def convert_rl(record: Mapping, index: int, source: str, options: PrepOptions) -> dict:
+    """An RL record (``question``/``answer``/``query_type``..., or verl's own layout) to verl's RL row."""
+    if "prompt" in record and "reward_model" in record:
+        return _convert_verl_rl(record, index, source, options)
+    question = _text(record, "question")
+    if "answer" not in record:
+        raise _fail("missing_field", f"missing field 'answer'; the record has {', '.join(sorted(record))}")
+    ground_truth = _ground_truth(record["answer"])
+    choices = _parse_record_options(record.get("options"))
+    query_type = record.get("query_type") or options.query_type
+    extra_info = {
+        "split": str(record.get("split") or options.split),
+        "index": index,
+        "query_type": query_type,
+        "options": choices or None,
+        "question": question,
+        "source": source,
+    }
+    _check_rl_reference(ground_truth, extra_info, options)
+
+    references = _image_list(record.get("images", record.get("image")))
+    images, image_meta = _load_images(references, options)
+    if IMAGE_PLACEHOLDER not in question:
+        question = IMAGE_PLACEHOLDER * len(images) + ("\n" if images else "") + question
+    _check_placeholders([question], len(images))
+    user = options.template.format(
+        question=question, options=_options_text(choices), answer_hint=ANSWER_HINTS.get(str(query_type), "")
+    ).strip()
+    prompt = []
+    if system := _text(record, "system_prompt", required=False):
+        prompt.append({"role": "system", "content": system})
+    prompt.append({"role": "user", "content": user})
+    return {
+        "data_source": str(record.get("data_source") or options.data_source),
+        "prompt": prompt,
+        "images": images,
+        "ability": str(record.get("ability") or options.ability),
+        "reward_model": {"style": "rule", "ground_truth": ground_truth},
+        "extra_info": {**extra_info, "image_meta": image_meta},
+    }
+
+
+def _convert_verl_rl(record: Mapping, index: int, source: str, options: PrepOptions) -> dict:
+    prompt = record["prompt"]
+    if not isinstance(prompt, list | tuple) or not prompt:
+        raise _fail("bad_field", "prompt must be a non-empty list of {role, content} messages")
+    messages = []
+    for message in prompt:
+        if not isinstance(message, Mapping) or not isinstance(message.get("content"), str):
+            raise _fail("bad_field", "every prompt message needs a string 'content'")
+        if message.get("role") not in ("system", "user", "assistant"):
+            raise _fail("unknown_role", f"unknown prompt role {message.get('role')!r}; use system, user or assistant")
+        messages.append({"role": message["role"], "content": message["content"]})
+    reward_model = record["reward_model"]
+    if not isinstance(reward_model, Mapping) or "ground_truth" not in reward_model:
+        raise _fail("missing_field", "reward_model must be {style, ground_truth}")
+    ground_truth = _ground_truth(reward_model["ground_truth"])
+    given = dict(record.get("extra_info") or {})
+    choices = _parse_record_options(given.get("options"))
+    extra_info = {
+        "split": str(given.get("split") or options.split),
+        "index": index,
+        "query_type": given.get("query_type") or options.query_type,
+        "options": choices or None,
+        "question": str(given.get("question") or ""),
+        "source": source,
+    }
+    _check_rl_reference(ground_truth, extra_info, options)
+    images, image_meta = _load_images(_image_list(record.get("images")), options)
+    _check_placeholders([m["content"] for m in messages], len(images))
+    return {
+        "data_source": str(record.get("data_source") or options.data_source),
+        "prompt": messages,
+        "images": images,
+        "ability": str(record.get("ability") or options.ability),
+        "reward_model": {"style": "rule", "ground_truth": ground_truth},
+        "extra_info": {**extra_info, "image_meta": image_meta},
+    }
+
+
+def _check_rl_reference(ground_truth: str, extra_info: dict, options: PrepOptions) -> None:
+    try:
+        check_reference(ground_truth, extra_info, RewardOptions(plugins=options.plugins))
+    except UnknownQueryType as exc:
+        raise _fail("unknown_query_type", str(exc)) from None
+    except InvalidReference as exc:
+        code = "empty_ground_truth" if "is empty" in str(exc) else "invalid_reference"
+        raise _fail(code, str(exc)) from None
+    except PluginError:
+        raise  # a configuration error: stops the job
+
+
+@_guarded
+def convert_sft(record: Mapping, index: int, source: str, options: PrepOptions) -> dict:
+    """A LLaVA/ShareGPT conversation to verl's multi-turn SFT row (``messages`` + ``images``)."""
+    conversations = record.get("conversations")
+    if conversations is None:
+        raise _fail("missing_field", f"missing field 'conversations'; the record has {', '.join(sorted(record))}")
+    if not isinstance(conversations, list | tuple) or not conversations:
+        raise _fail("empty_conversation", "conversations is empty")
+    messages = []
+    for turn, message in enumerate(conversations):
+        if not isinstance(message, Mapping):
+            raise _fail("bad_field", f"turn {turn} is not an object")
+        speaker = message.get("from", message.get("role"))
+        role = SFT_ROLES.get(str(speaker).lower()) if speaker is not None else None
+        if role is None:
+            raise _fail("unknown_role", f"turn {turn}: unknown role {speaker!r}; use human, gpt or system")
+        value = message.get("value", message.get("content"))
+        if not isinstance(value, str) or not value.strip():
+            raise _fail("empty_turn", f"turn {turn} ({speaker}) has no text")
+        messages.append({"role": role, "content": value})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise _fail("empty_conversation", "no gpt/assistant turn: nothing to train on")
+    images, image_meta = _load_images(_image_list(record.get("image", record.get("images"))), options)
+    _check_placeholders([m["content"] for m in messages], len(images))
+    return {"messages": messages, "images": images, "extra_info": {"index": index, "source": source, "image_meta": image_meta}}
+
+
+@_guarded
+def convert_caption(record: Mapping, index: int, source: str, options: PrepOptions) -> dict:
+    """An image-caption record (``image`` path/list/base64 + ``text``) to a CPT row: images, then the text."""
+    text = _text(record, "text")
+    references = _image_list(record.get("image", record.get("images")))
+    if not references:
+        raise _fail("missing_field", "a caption record needs at least one image in 'image'")
+    images, image_meta = _load_images(references, options)
+    segments = [{"type": "image", "text": None} for _ in images] + [{"type": "text", "text": text}]
+    return _cpt_row(record, "caption", segments, images, index, source, image_meta, options)
+
+
+@_guarded
+def convert_interleaved(record: Mapping, index: int, source: str, options: PrepOptions) -> dict:
+    """An interleaved document (parallel ``texts`` / ``image_info`` lists) to a CPT row, segments in order."""
+    texts, infos = record.get("texts"), record.get("image_info")
+    if not isinstance(texts, list) or not isinstance(infos, list):
+        raise _fail("missing_field", "an interleaved record needs the lists 'texts' and 'image_info'")
+    if len(texts) != len(infos):
+        raise _fail("bad_field", f"'texts' has {len(texts)} items but 'image_info' has {len(infos)}")
+    segments: list[dict] = []
+    references = []
+    for position, (text, info) in enumerate(zip(texts, infos, strict=True)):
+        if info is not None:
+            references.append(info)
+            segments.append({"type": "image", "text": None})
+        if text is not None:
+            if not isinstance(text, str):
+                raise _fail("bad_field", f"texts[{position}] must be a string or null")
+            if text.strip():
+                segments.append({"type": "text", "text": text})
+    if not any(s["type"] == "text" for s in segments):
+        raise _fail("missing_field", "an interleaved record needs at least one non-empty text")
+    images, image_meta = _load_images(references, options)
+    return _cpt_row(record, "interleaved", segments, images, index, source, image_meta, options)
+
+
+def _cpt_row(
+    record: Mapping, kind: str, segments: list, images: list, index: int, source: str, image_meta: str,
+    options: PrepOptions,
+) -> dict:
+    return {
+        "data_source": str(record.get("data_source") or options.data_source),
+        "kind": kind,
+        "segments": segments,
+        "images": images,
+        "extra_info": {"index": index, "source": source, "image_meta": image_meta},
+    }
+
+
+# Input kind -> (converter, output parquet kind)
+CONVERTERS: dict[str, tuple[Callable[..., dict | Reject], str]] = {
+    "rl": (convert_rl, "rl"),
+    "sft": (convert_sft, "sft"),
+    "caption": (convert_caption, "cpt"),
+    "interleaved": (convert_interleaved, "cpt"),
+}

@@ -1,0 +1,36 @@
+"""Prompt templates for RL data, each paired by name with the format reward options it expects.
+
+``think_answer``: ``<think>…</think><answer>…</answer>``; score with the default reward_kwargs (or
+``require_think=true``). ``think_prefilled``: for chat templates that open ``<think>`` themselves (Qwen3
+thinking models); score with ``think_prefilled=true``.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+TEMPLATES = ("think_answer", "think_prefilled")
+# The reward_kwargs each template's outputs must be scored with.
+FORMAT_OPTIONS = {"think_answer": {}, "think_prefilled": {"think_prefilled": True}}
+ANSWER_HINTS = {
+    "multiple_choice": "Answer with the letter of one option.",
+    "yes_no": "Answer yes or no.",
+}
+
+
+def load_template(name_or_path: str) -> str:
+    """A template by name (``think_answer``, ``think_prefilled``) or from a file of the user's.
+
+    A template is text with ``{question}``, ``{options}`` and ``{answer_hint}`` fields.
+    """
+    if name_or_path in TEMPLATES:
+        text = resources.files(__package__).joinpath(f"{name_or_path}.txt").read_text(encoding="utf-8")
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise ValueError(f"prompt template {name_or_path!r} is neither one of {', '.join(TEMPLATES)} nor a file")
+        text = path.read_text(encoding="utf-8")
+    if "{question}" not in text:
+        raise ValueError(f"prompt template {name_or_path!r} has no {{question}} field")
+    return text.strip()
