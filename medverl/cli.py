@@ -164,6 +164,17 @@ def _cmd_prep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from medverl.data.validate import validate
+
+    report = validate(args.directory, args.kind, args.processor, args.max_prompt_length)
+    text = report.markdown()
+    print(text)
+    if args.report:
+        Path(args.report).write_text(text, encoding="utf-8")
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``medverl`` subcommand."""
     parser = argparse.ArgumentParser(prog="medverl", description=__doc__)
@@ -222,6 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--plugins", action="append", default=[], metavar="MODULE_OR_FILE",
                       help="reward plugins, so their query types validate")
     prep.set_defaults(func=_cmd_prep)
+
+    check = sub.add_parser(
+        "validate",
+        help="prove a prepared directory trains: verl's datasets keep every row, every image decodes",
+    )
+    check.add_argument("directory", help="a medverl prep output directory")
+    check.add_argument("--kind", required=True, choices=["rl", "sft", "cpt"])
+    check.add_argument("--processor", help="model directory with the tokenizer and processor to load the data with")
+    check.add_argument("--max-prompt-length", type=int, default=4096,
+                       help="verl's data.max_prompt_length (RL) or data.max_length (SFT)")
+    check.add_argument("--report", help="also write the report to this markdown file")
+    check.set_defaults(func=_cmd_validate)
 
     dicom = sub.add_parser(
         "dicom",

@@ -1,0 +1,174 @@
+"""Prove a prepared directory trains: verl's own dataset classes keep every row, every image decodes."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from medverl.data.converters import IMAGE_PLACEHOLDER
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ValidationReport:
+    """What `validate` found; `ok` is False when anything would make verl drop or fail a row."""
+
+    kind: str
+    rows: int = 0
+    manifest_written: int | None = None
+    kept_by_verl: int | None = None
+    problems: list[str] = field(default_factory=list)
+    token_lengths: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def markdown(self) -> str:
+        """The report as a short markdown document."""
+        lines = [f"## medverl validate ({self.kind})", "", "| check | value |", "|---|---|"]
+        lines.append(f"| rows in shards | {self.rows} |")
+        if self.manifest_written is not None:
+            lines.append(f"| rows the manifest says were written | {self.manifest_written} |")
+        if self.kept_by_verl is not None:
+            lines.append(f"| rows verl's dataset keeps | {self.kept_by_verl} |")
+        if self.token_lengths:
+            p50, p90, p99 = np.percentile(self.token_lengths, [50, 90, 99])
+            lines.append(
+                f"| tokens per row (p50 / p90 / p99 / max) | {p50:.0f} / {p90:.0f} / {p99:.0f} / "
+                f"{max(self.token_lengths)} |"
+            )
+        lines += ["", f"**{'OK' if self.ok else f'{len(self.problems)} problem(s)'}**"]
+        lines += [f"- {p}" for p in self.problems[:50]]
+        if len(self.problems) > 50:
+            lines.append(f"- ... and {len(self.problems) - 50} more")
+        return "\n".join(lines) + "\n"
+
+
+def _texts_of(kind: str, row: dict) -> list[str]:
+    if kind == "rl":
+        return [m["content"] for m in row["prompt"]]
+    if kind == "sft":
+        return [m["content"] for m in row["messages"]]
+    return []
+
+
+def _check_rows(directory: Path, kind: str, report: ValidationReport) -> list[Path]:
+    shards = sorted(directory.glob("part-*.parquet"))
+    if not shards:
+        report.problems.append(f"no part-*.parquet shards in {directory}")
+        return shards
+    for shard in shards:
+        for batch in pq.ParquetFile(shard).iter_batches(batch_size=64):
+            for row in batch.to_pylist():
+                where = f"{shard.name} index {row.get('extra_info', {}).get('index')}"
+                report.rows += 1
+                images = row.get("images") or []
+                if kind == "cpt":
+                    expected = sum(1 for s in row["segments"] if s["type"] == "image")
+                else:
+                    expected = sum(t.count(IMAGE_PLACEHOLDER) for t in _texts_of(kind, row))
+                if expected != len(images):
+                    report.problems.append(f"{where}: {expected} image place(s) for {len(images)} image(s)")
+                for i, image in enumerate(images):
+                    try:
+                        Image.open(io.BytesIO(image["bytes"])).load()
+                    except Exception as exc:
+                        report.problems.append(f"{where}: image {i} does not decode: {exc}")
+    manifest = directory / "manifest.json"
+    if manifest.exists():
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        report.manifest_written = data.get("written")
+        if not data.get("complete"):
+            report.problems.append("manifest says the job did not complete; run medverl prep --resume")
+        if report.manifest_written != report.rows:
+            report.problems.append(f"manifest says {report.manifest_written} rows were written, shards hold {report.rows}")
+    return shards
+
+
+def _rl_through_verl(shards: list[Path], model_dir: str, max_prompt_length: int, report: ValidationReport) -> None:
+    from omegaconf import OmegaConf
+    from verl.utils import hf_processor, hf_tokenizer
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    tokenizer, processor = hf_tokenizer(model_dir), hf_processor(model_dir)
+    config = OmegaConf.create(
+        {"max_prompt_length": max_prompt_length, "filter_overlong_prompts": True,
+         "filter_overlong_prompts_workers": None,  # in-process: a forked pool can deadlock under threads
+         "cache_dir": str(shards[0].parent / ".verl_cache")}
+    )
+    dataset = RLHFDataset([str(s) for s in shards], tokenizer, config, processor)
+    report.kept_by_verl = len(dataset)
+    kept = {row["index"] for row in dataset.dataframe["extra_info"]}
+    for shard in shards:
+        for info in pq.read_table(shard, columns=["extra_info"]).column("extra_info").to_pylist():
+            if info["index"] not in kept:
+                report.problems.append(
+                    f"{shard.name} index {info['index']} ({info['source']}): dropped by verl's RLHFDataset "
+                    f"(longer than max_prompt_length={max_prompt_length}, or its processing fails)"
+                )
+    for i in range(len(dataset)):
+        row = dataset.dataframe[i]
+        messages = dataset._build_messages(dict(row), key="prompt")
+        if processor is None:
+            report.token_lengths.append(len(tokenizer.apply_chat_template(messages, add_generation_prompt=True)))
+            continue
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        images = [c["image"].convert("RGB") for m in messages if isinstance(m["content"], list)
+                  for c in m["content"] if c.get("type") == "image"]
+        inputs = processor(text=[text], images=images or None, return_tensors="np")
+        report.token_lengths.append(int(inputs["input_ids"].shape[-1]))
+
+
+def _sft_through_verl(shards: list[Path], model_dir: str, max_length: int, report: ValidationReport) -> None:
+    from omegaconf import OmegaConf
+    from verl.utils import hf_processor, hf_tokenizer
+    from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
+
+    tokenizer, processor = hf_tokenizer(model_dir), hf_processor(model_dir)
+    config = OmegaConf.create({"max_length": max_length, "truncation": "error", "pad_mode": "no_padding"})
+    dataset = MultiTurnSFTDataset([str(s) for s in shards], tokenizer, config, processor)
+    kept = 0
+    for i in range(len(dataset)):
+        try:
+            item = dataset[i]
+        except Exception as exc:  # verl asserts and raises many types per row
+            report.problems.append(f"row {i}: verl's MultiTurnSFTDataset fails: {type(exc).__name__}: {exc}")
+            continue
+        kept += 1
+        report.token_lengths.append(int(item["input_ids"].shape[-1]))
+        if report.token_lengths[-1] > max_length:
+            report.problems.append(f"row {i}: {report.token_lengths[-1]} tokens, over max_length={max_length}")
+    report.kept_by_verl = kept
+
+
+def validate(directory: str | Path, kind: str, model_dir: str | None = None, max_length: int = 4096) -> ValidationReport:
+    """Check a prepared directory: structure, images, and (with `model_dir`) loading through verl's datasets.
+
+    Args:
+        directory: a ``medverl prep`` output directory.
+        kind: "rl", "sft" or "cpt".
+        model_dir: a model directory with tokenizer and processor (``--processor``), for verl's datasets.
+        max_length: ``max_prompt_length`` for RL, ``max_length`` for SFT.
+    """
+    if kind not in ("rl", "sft", "cpt"):
+        raise ValueError(f"unknown kind {kind!r}; use rl, sft or cpt")
+    directory = Path(directory)
+    report = ValidationReport(kind)
+    shards = _check_rows(directory, kind, report)
+    if shards and model_dir is not None:
+        if kind == "rl":
+            _rl_through_verl(shards, model_dir, max_length, report)
+        elif kind == "sft":
+            _sft_through_verl(shards, model_dir, max_length, report)
+        if report.kept_by_verl is not None and report.kept_by_verl != report.rows:
+            report.problems.insert(0, f"verl keeps {report.kept_by_verl} of {report.rows} rows")
+    return report
