@@ -149,7 +149,11 @@ def _cmd_prep(args: argparse.Namespace) -> int:
     )
     job = PrepJob(args.kind, tuple(args.inputs), Path(args.output), options, args.rows_per_shard)
     try:
-        manifest = run_prep(job, workers=args.workers, resume=args.resume)
+        if args.engine == "ray":
+            import ray
+
+            ray.init(address=args.ray_address, ignore_reinit_error=True)
+        manifest = run_prep(job, workers=args.workers, resume=args.resume, engine=args.engine)
     except (InputError, FileExistsError) as exc:
         print(f"medverl prep: {exc}", file=sys.stderr)
         return 2
@@ -223,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--min-pixels", type=int, help="written into every image dict; verl resizes to at least this")
     prep.add_argument("--pixel-limit", type=int, default=8192 * 8192, help="reject larger images (decompression bombs)")
     prep.add_argument("--resume", action="store_true", help="continue an interrupted job in the same directory")
+    prep.add_argument("--engine", choices=["local", "ray"], default="local",
+                      help="local: --workers processes here; ray: Ray Data on the cluster of --ray-address")
+    prep.add_argument("--ray-address", default=None, help="Ray cluster address (default: start or join a local one)")
     prep.add_argument("--data-source", help="data_source for records without one (default: the first input's name)")
     prep.add_argument("--split", default="train", help="extra_info.split for RL records without one")
     prep.add_argument("--query-type", help="query_type for RL records without one")

@@ -264,3 +264,19 @@ def test_prep_cli(tmp_path: Path, images: Path, capsys) -> None:
     assert (image["max_pixels"], image["min_pixels"]) == (50176, 3136)
     assert main(["prep", "rl", str(source), "--output", str(out)]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+def test_ray_data_engine_gives_the_same_bytes(tmp_path: Path, images: Path) -> None:
+    ray = pytest.importorskip("ray")
+    source = _write_jsonl(tmp_path / "rl.jsonl", _rl_records(40))
+    local = run_prep(PrepJob("rl", (str(source),), tmp_path / "local", options(images), rows_per_shard=9),
+                     progress=False)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        on_ray = run_prep(PrepJob("rl", (str(source),), tmp_path / "ray", options(images), rows_per_shard=9),
+                          progress=False, engine="ray")
+    finally:
+        ray.shutdown()
+    assert on_ray == local
+    assert _snapshot(tmp_path / "ray") == _snapshot(tmp_path / "local")

@@ -14,6 +14,7 @@ import json
 import logging
 import multiprocessing
 import os
+import pickle
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -90,6 +91,22 @@ def _convert(task: tuple[str, Record, int, PrepOptions]) -> dict | Reject:
     return converter(record.data, index, record.source, options)
 
 
+def _convert_item(item: dict) -> dict:
+    # Pickled, so that Ray Data's Arrow blocks carry rows and rejects exactly as the converter returned them.
+    return {"result": pickle.dumps(_convert(pickle.loads(item["task"])))}
+
+
+def _ray_data_map(batch: list[tuple]) -> list[dict | Reject]:
+    """Convert one window of records on Ray Data (whatever cluster ``ray.init`` joined), in input order."""
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
+    dataset = ray.data.from_items([{"task": pickle.dumps(task)} for task in batch]).map(_convert_item)
+    return [pickle.loads(row["result"]) for row in dataset.take_all()]
+
+
 def _row_bytes(row: dict) -> int:
     images = sum(len(image["bytes"]) for image in row.get("images", ()))
     return images + len(json.dumps({k: v for k, v in row.items() if k != "images"}, default=str))
@@ -111,8 +128,14 @@ def _records(job: PrepJob) -> Iterator[Record]:
     return itertools.chain.from_iterable(iter_records(path) for path in job.inputs)
 
 
-def run_prep(job: PrepJob, *, workers: int = 1, resume: bool = False, progress: bool = True) -> dict:
+def run_prep(
+    job: PrepJob, *, workers: int = 1, resume: bool = False, progress: bool = True, engine: str = "local"
+) -> dict:
     """Run `job`; returns the manifest (also written to ``OUTPUT/manifest.json``).
+
+    `engine` "local" converts in `workers` processes of this machine; "ray" converts on Ray Data across the
+    cluster ``ray.init`` connects to (reading, shards and the manifest stay with this process, so the output
+    is the same bytes either way).
 
     Raises:
         FileExistsError: the output directory holds another job's results and `resume` is not set.
@@ -184,11 +207,17 @@ def run_prep(job: PrepJob, *, workers: int = 1, resume: bool = False, progress: 
     records = itertools.islice(_records(job), state.read, None)
     tasks = ((job.kind, record, index, job.options) for index, record in enumerate(records, start=state.read))
     bar = tqdm(desc=f"prep {job.kind}", unit=" records", initial=state.read, disable=not progress or None)
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    if engine not in ("local", "ray"):
+        raise ValueError(f"unknown engine {engine!r}; use local or ray")
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 and engine == "local" else None
     try:
-        window = max(64, 32 * workers)  # bounded look-ahead: memory does not grow with the input
+        # Bounded look-ahead, so memory does not grow with the input; Ray gets larger windows to pay its overhead.
+        window = 2048 if engine == "ray" else max(64, 32 * workers)
         while batch := list(itertools.islice(tasks, window)):
-            results = pool.map(_convert, batch, chunksize=8) if pool else [_convert(t) for t in batch]
+            if engine == "ray":
+                results = _ray_data_map(batch)
+            else:
+                results = pool.map(_convert, batch, chunksize=8) if pool else [_convert(t) for t in batch]
             for (_, record, index, _), result in zip(batch, results, strict=True):
                 state.read += 1
                 if isinstance(result, Reject):
