@@ -76,6 +76,12 @@ def _png(path: Path, size: tuple[int, int] = (32, 24), mode: str = "RGB") -> byt
     return path.read_bytes()
 
 
+def _noise_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise((200, 150), 50).convert("RGB").save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
 def test_references_of_every_kind(tmp_path: Path) -> None:
     data = _png(tmp_path / "cxr.png")
     b64 = base64.b64encode(data).decode()
@@ -120,6 +126,7 @@ def test_dicom_reference_becomes_png_with_metadata(tmp_path: Path) -> None:
         (lambda d: "data:image/png;base64,!!!not-base64!!!", "invalid base64"),
         (lambda d: (d / "cut.png").write_bytes(_png(d / "cut.png")[:60]) and "cut.png", "image does not decode"),
         (lambda d: (d / "text.png").write_text("not an image") and "text.png", "image does not decode"),
+        (lambda d: (d / "cut.jpg").write_bytes(_noise_jpeg()[:-200]) and "cut.jpg", "image file is truncated"),
         (lambda d: (d / "big.png").write_bytes(_png(d / "big.png", (400, 300))) and "big.png", "over the limit of 100000"),
         (lambda d: (d / "empty.dcm").write_bytes(b"\0" * 128 + b"DICM") and "empty.dcm", "DICOM has no readable pixel data"),
         (lambda d: {"caption": "x"}, "has none of bytes, image_base64"),

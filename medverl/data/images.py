@@ -9,6 +9,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -95,16 +96,28 @@ def load_image(
             dicom = dicom_to_png(data, preset=dicom_preset)
         except DicomError as exc:
             raise ImageError(f"{path or 'inline DICOM'}: {exc}") from None
-        image = _decode(dicom.png, path, pixel_limit)
-        return LoadedImage(dicom.png, path, image.width, image.height, "DICOM to 8-bit PNG", dicom.metadata)
-    image = _decode(data, path, pixel_limit)
-    if image.format in KEPT_FORMATS and image.mode in ("1", "L", "LA", "P", "RGB", "RGBA"):
-        return LoadedImage(data, path, image.width, image.height)
-    converted = _to_png(image)
-    return LoadedImage(converted, path, image.width, image.height, f"{image.format} {image.mode} to PNG")
+        header = _check(dicom.png, path, pixel_limit)
+        return LoadedImage(dicom.png, path, header.width, header.height, "DICOM to 8-bit PNG", dicom.metadata)
+    header = _check(data, path, pixel_limit)
+    if header.format in KEPT_FORMATS and header.mode in ("1", "L", "LA", "P", "RGB", "RGBA"):
+        return LoadedImage(data, path, header.width, header.height)
+    converted = _to_png(Image.open(io.BytesIO(data)))
+    return LoadedImage(converted, path, header.width, header.height, f"{header.format} {header.mode} to PNG")
 
 
-def _decode(data: bytes, path: str, pixel_limit: int) -> Image.Image:
+class _Header(NamedTuple):
+    format: str
+    mode: str
+    width: int
+    height: int
+
+
+def _check(data: bytes, path: str, pixel_limit: int) -> _Header:
+    """Prove the image decodes, as cheaply as each format allows; raises :class:`ImageError`.
+
+    JPEG is decoded at 1/8 scale (every entropy-coded byte is still read, so truncation and corruption show),
+    PNG has the CRC of every chunk checked up to IEND, anything else is decoded in full.
+    """
     where = path or "inline image"
     try:
         with warnings.catch_warnings():
@@ -116,7 +129,14 @@ def _decode(data: bytes, path: str, pixel_limit: int) -> Image.Image:
                     f"{where}: {width}x{height} = {width * height} pixels is over the limit of {pixel_limit} "
                     "(a decompression bomb or an oversized scan; raise --pixel-limit if it is real)"
                 )
-            image.load()
+            header = _Header(str(image.format), image.mode, width, height)
+            if image.format == "JPEG":
+                image.draft(None, (max(1, width // 8), max(1, height // 8)))
+                image.load()
+            elif image.format == "PNG":
+                image.verify()
+            else:
+                image.load()
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -125,7 +145,7 @@ def _decode(data: bytes, path: str, pixel_limit: int) -> Image.Image:
         raise ImageError(f"{where}: image does not decode: {exc}") from None
     if width < 1 or height < 1:
         raise ImageError(f"{where}: image is empty ({width}x{height})")
-    return image
+    return header
 
 
 def _to_png(image: Image.Image) -> bytes:
