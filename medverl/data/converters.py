@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from medverl.data.images import DEFAULT_PIXEL_LIMIT, ImageError, LoadedImage, load_image
 from medverl.prompts import ANSWER_HINTS
-from medverl.rewards import InvalidReference, PluginError, RewardOptions, UnknownQueryType, check_reference
+from medverl.rewards import InvalidReference, RewardOptions, UnknownQueryType, check_reference
 
 IMAGE_PLACEHOLDER = "<image>"
 SFT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -203,14 +203,7 @@ def convert_rl(record: Mapping, index: int, source: str, options: PrepOptions) -
     if system := _text(record, "system_prompt", required=False):
         prompt.append({"role": "system", "content": system})
     prompt.append({"role": "user", "content": user})
-    return {
-        "data_source": str(record.get("data_source") or options.data_source),
-        "prompt": prompt,
-        "images": images,
-        "ability": str(record.get("ability") or options.ability),
-        "reward_model": {"style": "rule", "ground_truth": ground_truth},
-        "extra_info": {**extra_info, "image_meta": image_meta},
-    }
+    return _rl_row(record, prompt, images, ground_truth, {**extra_info, "image_meta": image_meta}, options)
 
 
 def _convert_verl_rl(record: Mapping, index: int, source: str, options: PrepOptions) -> dict:
@@ -241,13 +234,19 @@ def _convert_verl_rl(record: Mapping, index: int, source: str, options: PrepOpti
     _check_rl_reference(ground_truth, extra_info, options)
     images, image_meta = _load_images(_image_list(record.get("images")), options)
     _check_placeholders([m["content"] for m in messages], len(images))
+    return _rl_row(record, messages, images, ground_truth, {**extra_info, "image_meta": image_meta}, options)
+
+
+def _rl_row(
+    record: Mapping, prompt: list, images: list, ground_truth: str, extra_info: dict, options: PrepOptions
+) -> dict:
     return {
         "data_source": str(record.get("data_source") or options.data_source),
-        "prompt": messages,
+        "prompt": prompt,
         "images": images,
         "ability": str(record.get("ability") or options.ability),
         "reward_model": {"style": "rule", "ground_truth": ground_truth},
-        "extra_info": {**extra_info, "image_meta": image_meta},
+        "extra_info": extra_info,
     }
 
 
@@ -259,8 +258,6 @@ def _check_rl_reference(ground_truth: str, extra_info: dict, options: PrepOption
     except InvalidReference as exc:
         code = "empty_ground_truth" if "is empty" in str(exc) else "invalid_reference"
         raise _fail(code, str(exc)) from None
-    except PluginError:
-        raise  # a configuration error: stops the job
 
 
 @_guarded

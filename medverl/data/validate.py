@@ -117,7 +117,7 @@ def _rl_through_verl(shards: list[Path], model_dir: str, max_prompt_length: int,
                 )
     for i in range(len(dataset)):
         row = dataset.dataframe[i]
-        messages = dataset._build_messages(dict(row), key="prompt")
+        messages = dataset._build_messages(dict(row), key="prompt")  # verl's own placeholder-to-image mapping
         if processor is None:
             report.token_lengths.append(len(tokenizer.apply_chat_template(messages, add_generation_prompt=True)))
             continue
