@@ -1,214 +1,436 @@
-"""Reward throughput and worst-case latency, against verl's geometry3k rule scorer in the same run.
+"""Reward throughput and worst-case latency of medverl's ``compute_score`` against verl's geo3k scorer, in one run.
 
-    python benchmarks/reward_throughput.py [--quick] [--json results.json]
+    python benchmarks/reward_throughput.py [--quick] [--json results.json] [--profile]
 
-Targets: per query type at least as fast as ``verl.utils.reward_score.geo3k`` on the same outputs (ratio >= 1),
->= 200,000 responses/s on one core for multiple_choice on 1 KB outputs, and < 10 ms for any adversarial output
-of up to 1 MB.
+medverl is called exactly as verl calls it: through ``verl.trainer.ppo.reward.get_custom_reward_fn`` loaded from the
+reward section of ``recipes/grpo_rewards.yaml`` (so the recipe's reward_kwargs are merged into every call), with
+keyword arguments only and a fresh ``extra_info`` per row. The baseline is
+``verl.utils.reward_score.geo3k.compute_score(predict_str, ground_truth)`` on the same strings.
+
+Each timed repeat scores a corpus drawn with a new seed (new option sets and responses, 8 responses per prompt as in
+a GRPO group), so the caches inside the rewards are only as warm as in training; the best repeat counts. The process
+is pinned to one core.
+
+Targets: per query type at least as fast as geo3k (ratio >= 1.0); >= 200,000 responses/s for multiple_choice on
+~1 KB outputs; < 10 ms for every adversarial output of up to 1 Mi characters.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import functools
+import gc
 import json
+import os
+import platform
+import pstats
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+from omegaconf import OmegaConf
+from verl.trainer.ppo.reward import get_custom_reward_fn
 from verl.utils.reward_score import geo3k
 
-from medverl.rewards import compute_score
-from medverl.rewards.text import tokens
+QUERY_TYPES = ("multiple_choice", "yes_no", "jaccard", "exact_match")
+GROUP_SIZE = 8  # responses per prompt, as in a GRPO rollout
+LETTERS = "ABCDEFGHIJ"
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "grpo_rewards.yaml"
+MC_TARGET, RATIO_TARGET, LATENCY_TARGET_S = 200_000.0, 1.0, 0.010
 
-OPTIONS = ["Pulmonary edema", "Lobar pneumonia", "Pleural effusion", "Pneumothorax", "Atelectasis"]
-FINDINGS = [
+DIAGNOSES = [
+    "Pulmonary edema", "Lobar pneumonia", "Pleural effusion", "Pneumothorax", "Atelectasis", "Pulmonary embolism",
+    "Sarcoidosis", "Tuberculosis", "Bronchiectasis", "Lung abscess", "Hiatal hernia", "Aortic dissection",
+    "Pericardial effusion", "Cardiomegaly", "Rib fracture", "Emphysema", "Interstitial lung disease",
+    "Metastatic disease", "Hepatocellular carcinoma", "Hepatic hemangioma", "Focal nodular hyperplasia",
+    "Liver abscess", "Simple renal cyst", "Renal cell carcinoma", "Acute appendicitis", "Small bowel obstruction",
+    "Diverticulitis", "Multiple sclerosis", "Glioblastoma", "Meningioma", "Acute ischemic stroke",
+    "Subdural hematoma", "Epidural hematoma", "Colles fracture", "Scaphoid fracture", "Osteosarcoma",
+    "Adenocarcinoma", "Squamous cell carcinoma", "Lymphoma", "Benign nevus", "Melanoma", "Diabetic retinopathy",
+    "Glaucoma", "Age-related macular degeneration", "肺炎", "气胸", "胸腔积液", "肺结核",
+]
+SENTENCES = [
     "The frontal chest radiograph shows a dense opacity in the right lower zone with air bronchograms.",
     "The costophrenic angles are sharp and there is no meniscus sign.",
     "Cardiac silhouette is within normal limits; the mediastinum is not widened.",
     "A thin visceral pleural line is visible at the apex without lung markings beyond it.",
     "Axial CT demonstrates a hypodense lesion in segment VII of the liver measuring 2.3 cm.",
-    "The histology section shows glandular structures with nuclear atypia and mucin.",
+    "On the arterial phase the lesion enhances peripherally with centripetal fill-in on delayed images.",
+    "The histology section shows glandular structures with nuclear atypia and abundant mucin.",
     "No fracture line is seen along the cortex of the distal radius.",
     "MRI T2-weighted images show a hyperintense focus in the left periventricular white matter.",
-    "Considering the clinical history of fever and cough, an infective process is most likely.",
-    "Differential diagnosis includes atelectasis, but volume loss is absent.",
+    "Considering the clinical history of fever and productive cough, an infective process is most likely.",
+    "The differential diagnosis includes atelectasis, but there is no volume loss.",
+    "Let me reconsider: the trachea is midline, which argues against a tension component.",
+    "Wait, the question asks for the most likely diagnosis, not the next step in management.",
+    "Fundus photography shows microaneurysms, dot-blot hemorrhages and hard exudates.",
+    "The lesion has irregular borders, color variegation and a diameter above 6 mm.",
     "右肺下叶可见斑片状高密度影，边缘模糊。",
-    "Therefore the most consistent answer is the one describing consolidation.",
+    "结合发热和咳嗽病史，首先考虑感染性病变。",
+    "心影大小正常，纵隔未见增宽。",
 ]
-OPEN_ANSWERS = [
-    ("right lower lobe", "right lower lobe"),
-    ("left periventricular white matter", "periventricular white matter"),
-    ("segment VII of the liver", "liver"),
-    ("右肺下叶", "右肺下叶"),
-    ("distal radius", "radius"),
-    ("adenocarcinoma", "adenocarcinoma"),
+# (reference, answers that partly match it) for the free-text query types, English and Chinese.
+FINDINGS = [
+    ("right lower lobe consolidation", ["consolidation of the right lower lobe", "right lower lobe pneumonia"]),
+    ("left pleural effusion", ["small left-sided pleural effusion", "effusion on the left"]),
+    ("periventricular white matter lesion", ["lesion in the left periventricular white matter"]),
+    ("segment VII of the liver", ["liver segment 7", "right posterior segment of the liver"]),
+    ("distal radius fracture", ["fracture of the distal radius", "Colles fracture"]),
+    ("T2-weighted MRI", ["MRI, T2 weighted sequence", "T2 FLAIR"]),
+    ("adenocarcinoma", ["moderately differentiated adenocarcinoma", "carcinoma"]),
+    ("apical pneumothorax", ["small right apical pneumothorax", "pneumothorax"]),
+    ("右肺下叶", ["右肺下叶实变", "右下肺"]),
+    ("胸腔积液", ["左侧胸腔积液", "少量积液"]),
+    ("肝血管瘤", ["肝脏海绵状血管瘤", "血管瘤"]),
 ]
+YES_ANSWERS = ["Yes", "yes.", "Yes, there is a pleural effusion.", "Yes, the lesion enhances.", "Correct.", "是", "有"]
+NO_ANSWERS = ["No", "no.", "No, the nodule is benign.", "No evidence of pneumothorax.", "Not correct.", "没有", "否"]
+UNCLEAR_ANSWERS = ["Yes and no.", "It cannot be determined from this image.", "Possibly.", "不确定"]
+# How a response goes wrong, with weights: well-formed responses dominate as in real rollouts.
+MALFORMATIONS = {
+    "ok": 72, "no_tags": 5, "duplicate_answer": 5, "truncated": 6, "no_think": 4, "unclosed_answer": 3,
+    "empty_answer": 2, "answer_in_think": 3,
+}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sample:
-    """One scorer call: the response, its reference and the row's extra_info."""
+    """One scorer call: the response, its reference and the row's ``extra_info``."""
 
     solution_str: str
     ground_truth: str
-    extra_info: dict
+    extra_info: dict[str, object]
 
 
-def _reasoning(rng: random.Random, length: int) -> str:
+def _reasoning(rng: random.Random, length: int, extra: list[str]) -> str:
+    """`length` characters of reasoning: stock sentences, some of them from `extra` (the prompt's own)."""
     parts: list[str] = []
-    while sum(map(len, parts)) < length:
-        parts.append(rng.choice(FINDINGS))
+    size = 0
+    while size < length:
+        part = rng.choice(extra) if extra and rng.random() < 0.3 else rng.choice(SENTENCES)
+        parts.append(part)
+        size += len(part) + 1
     return " ".join(parts)[:length]
 
 
-def _wrap(rng: random.Random, reasoning: str, answer: str) -> str:
-    """A response: mostly well-formed, some malformed the way real rollouts are."""
+def _response(rng: random.Random, answer: str, length: int, extra: list[str]) -> str:
+    """A response of about `length` characters around `answer`, malformed with the weights of MALFORMATIONS."""
+    kind = rng.choices(list(MALFORMATIONS), weights=list(MALFORMATIONS.values()))[0]
+    frames = {
+        "ok": "<think>{r}</think>\n<answer>{a}</answer>",
+        "no_tags": "<think>{r}</think>\nThe answer is {a}.",
+        "duplicate_answer": "<think>{r}</think>\n<answer>{a}</answer>\n<answer>{a}</answer>",
+        "truncated": "<think>{r}</think>\n<answer>{a}</answer>",
+        "no_think": "{r}\n<answer>{a}</answer>",
+        "unclosed_answer": "<think>{r}</think>\n<answer>{a}",
+        "empty_answer": "<think>{r}</think>\n<answer> </answer>",
+        "answer_in_think": "<think>{r} <answer>{a}</answer></think>\nDone.",
+    }
+    frame = frames[kind]
+    overhead = len(frame.format(r="", a=answer))
+    text = frame.format(r=_reasoning(rng, max(length - overhead, 20), extra), a=answer)
+    if kind == "truncated":  # generation stopped at max_response_length, anywhere in the text
+        text = text[: rng.randint(min(200, len(text) - 1), len(text) - 1)]
+    return text
+
+
+def _mc_answer(rng: random.Random, gold: int, options: list[str]) -> str:
+    """A rendering of the gold option (55%), another option (30%), or a hedge or non-answer (15%)."""
     roll = rng.random()
-    if roll < 0.80:
-        return f"<think>{reasoning}</think>\n<answer>{answer}</answer>"
-    if roll < 0.87:
-        return f"<think>{reasoning}</think>\nThe answer is {answer}."  # no tags
-    if roll < 0.93:
-        return f"<think>{reasoning}</think>\n<answer>{answer}</answer>\n<answer>{answer}</answer>"  # two answers
-    return f"<think>{reasoning}"  # truncated
+    pick = gold if roll < 0.55 else rng.choice([i for i in range(len(options)) if i != gold])
+    letter, other = LETTERS[pick], LETTERS[rng.choice([i for i in range(len(options)) if i != pick])]
+    text = options[pick]
+    if roll > 0.85:  # hedges and unreadable answers
+        return rng.choice([f"{letter} or {other}", f"{letter}, {other}", f"{letter}/{other}",
+                           f"Either {letter} or {other}", "I am not sure.", "None of the above"])
+    return rng.choice([
+        letter, f"({letter})", f"{letter}.", f"{letter})", f"**{letter}**", letter.lower(), f"The answer is {letter}",
+        f"The answer is ({letter}).", f"Answer: {letter}", f"\\boxed{{{letter}}}", f"$\\boxed{{{letter}}}$",
+        f"{letter}. {text}", f"({letter}) {text}", f"{letter}: {text}", text, f"{text}.", f"Option {letter}",
+        f"The correct option is {letter}: {text}",
+    ])
 
 
-def build_corpus(query_type: str, n: int, rng: random.Random, min_len: int = 200, max_len: int = 4000) -> list[Sample]:
-    """`n` realistic responses of `min_len`..`max_len` characters for one query type."""
-    samples = []
-    for _ in range(n):
-        reasoning = _reasoning(rng, rng.randint(max(min_len - 40, 10), max(max_len - 60, 20)))
+def _free_text_answer(rng: random.Random, gold: str, paraphrases: list[str]) -> str:
+    """The reference restyled (45%), a paraphrase (30%) or some other finding (25%)."""
+    roll = rng.random()
+    if roll < 0.45:
+        return rng.choice([gold, gold.capitalize(), f"{gold}.", f"**{gold}**", f"  {gold.upper()} "])
+    if roll < 0.75:
+        return rng.choice(paraphrases + [f"The findings are most consistent with {gold}."])
+    return rng.choice(FINDINGS)[0]
+
+
+def build_corpus(query_type: str, n: int, seed: str, min_len: int = 200, max_len: int = 4000) -> list[Sample]:
+    """`n` responses of `min_len`..`max_len` characters to `n / GROUP_SIZE` fresh prompts of one query type."""
+    rng = random.Random(seed)
+    samples: list[Sample] = []
+    for prompt in range(-(-n // GROUP_SIZE)):
+        extra_info: dict[str, object] = {"split": "train", "index": prompt, "query_type": query_type,
+                                         "options": None, "question": "", "source": "bench"}
         if query_type == "multiple_choice":
-            gold = rng.choice("ABCDE")
-            pick = gold if rng.random() < 0.6 else rng.choice("ABCDE")
-            text = OPTIONS["ABCDE".index(pick)]
-            answer = rng.choice(
-                [pick, f"({pick})", f"The answer is {pick}", f"\\boxed{{{pick}}}", f"{pick}. {text}", text,
-                 f"{pick} or {rng.choice('ABCDE')}", f"**{pick}**"]
-            )
-            samples.append(Sample(_wrap(rng, reasoning, answer), gold, {"query_type": query_type, "options": OPTIONS}))
+            options = rng.sample(DIAGNOSES, rng.choice((4, 5)))
+            gold_index = rng.randrange(len(options))
+            ground_truth = LETTERS[gold_index]
+            extra_info["options"] = json.dumps(options) if rng.random() < 0.2 else options
+            mentions = [f"Option {LETTERS[i]} ({o}) would look different here." for i, o in enumerate(options)]
+            answers = [_mc_answer(rng, gold_index, options) for _ in range(GROUP_SIZE)]
         elif query_type == "yes_no":
-            gold = rng.choice(["yes", "no"])
-            answer = rng.choice(["Yes", "No", "Yes, there is a nodule.", "No, the nodule is benign.", "Not correct"])
-            samples.append(Sample(_wrap(rng, reasoning, answer), gold, {"query_type": query_type}))
+            ground_truth = rng.choice(["yes", "no", "Yes."])
+            mentions = []
+            answers = [rng.choice(rng.choice([YES_ANSWERS, NO_ANSWERS, YES_ANSWERS, NO_ANSWERS, UNCLEAR_ANSWERS]))
+                       for _ in range(GROUP_SIZE)]
         else:
-            answer, gold = rng.choice(OPEN_ANSWERS)
-            samples.append(Sample(_wrap(rng, reasoning, answer), gold, {"query_type": query_type}))
+            gold, paraphrases = rng.choice(FINDINGS)
+            ground_truth = json.dumps([gold, paraphrases[0]]) if rng.random() < 0.1 else gold
+            mentions = [f"The main finding may be {p}." for p in paraphrases]
+            answers = [_free_text_answer(rng, gold, paraphrases) for _ in range(GROUP_SIZE)]
+        for answer in answers[: n - len(samples)]:
+            text = _response(rng, answer, rng.randint(min_len, max_len), mentions)
+            # verl's reward loop adds these two keys to every row's extra_info before scoring.
+            row = {**extra_info, "num_turns": None, "rollout_reward_scores": {}}
+            samples.append(Sample(text, ground_truth, row))
     return samples
 
 
-def responses_per_second(fn: Callable[[Sample], object], samples: list[Sample], repeats: int) -> float:
-    """Best-of-`repeats` throughput of `fn` over `samples`, single thread."""
-    for s in samples[: min(len(samples), 200)]:  # warm-up: imports, compiled patterns, caches
-        fn(s)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for s in samples:
-            fn(s)
-        best = min(best, time.perf_counter() - start)
-    return len(samples) / best
+def _corpus(query_type: str, n: int, k: int) -> list[Sample]:
+    """The `k`-th corpus of 200-4,000 character responses, drawn with its own seed."""
+    return build_corpus(query_type, n, f"{query_type}/{k}")
 
 
-def ours(s: Sample) -> object:
-    return compute_score(
-        data_source="bench", solution_str=s.solution_str, ground_truth=s.ground_truth, extra_info=s.extra_info
-    )
+def load_verl_reward_fn() -> tuple[Callable[..., object], dict]:
+    """medverl's compute_score as verl loads it from the recipe (wrapped with its reward_kwargs), and those kwargs."""
+    section = OmegaConf.load(RECIPE).reward.custom_reward_function
+    fn = get_custom_reward_fn(OmegaConf.create({"reward": {"custom_reward_function": section}}))
+    return fn, OmegaConf.to_container(section.reward_kwargs)
 
 
-def verl_geo3k(s: Sample) -> object:
-    return geo3k.compute_score(s.solution_str, s.ground_truth)
+def _time_pass(fn: Callable[[Sample], object], samples: list[Sample]) -> float:
+    """Seconds `fn` takes over `samples`, one after the other."""
+    gc.collect()
+    start = time.perf_counter()
+    for sample in samples:
+        fn(sample)
+    return time.perf_counter() - start
 
 
-def adversarial_outputs(size: int = 1 << 20) -> dict[str, str]:
-    """Outputs built to hurt a scorer: huge, tag-heavy, deeply nested, or pathological Unicode."""
+def compare(
+    scorers: dict[str, Callable[[Sample], object]], make_corpus: Callable[[int], list[Sample]], repeats: int
+) -> dict[str, float]:
+    """Best responses/s of each scorer over `repeats` fresh corpora, after a warm-up pass over another one.
+
+    Scorers take turns on each corpus, so drift on the machine affects them alike.
+    """
+    best = dict.fromkeys(scorers, float("inf"))
+    n = 0
+    for k in range(repeats + 1):
+        corpus = make_corpus(k)
+        n = len(corpus)
+        for name, fn in scorers.items():
+            seconds = _time_pass(fn, corpus)
+            if k:  # corpus 0 is the warm-up: imports, compiled patterns, first-use tables
+                best[name] = min(best[name], seconds)
+    return {name: n / seconds for name, seconds in best.items()}
+
+
+def adversarial_outputs(size: int = 1 << 20, answer_cap: int = 8000) -> dict[str, str]:
+    """Outputs built to hurt a scorer, each at most `size` characters.
+
+    `answer_cap` is just under the default ``max_answer_chars`` (8192): the longest answer the rewards still parse.
+    """
     rng = random.Random(7)
-    tags = ["<answer>", "</answer>", "<think>", "</think>", "B", " or ", "\\boxed{", "}"]
-    return {
-        "1 MB random text": "".join(rng.choice("abcdefgh <>/{}\\\n") for _ in range(size)),
-        "1 MB inside one <answer>": "<answer>" + "B or C " * (size // 7) + "</answer>",
-        "8 KB hedge inside <answer>": "<answer>" + "B or C, " * 1000 + "</answer>",
-        "100k <answer> tags": "<answer>B" * 100_000,
-        "100k </think>": "</think>" * 100_000 + "<answer>B</answer>",
-        "nested <answer> 50k deep": "<answer>" * 50_000 + "B" + "</answer>" * 50_000,
-        "1 MB unclosed <think>": "<think>" + "x" * size + "<answer>B</answer>",
-        "1 MB random tags": "".join(rng.choice(tags) for _ in range(size // 5)),
-        "nested \\boxed 100k deep": "<answer>" + "\\boxed{" * 100_000 + "B" + "}" * 100_000 + "</answer>",
-        "nested \\boxed in 8 KB answer": "<answer>" + "\\boxed{" * 900 + "B" + "}" * 900 + "</answer>",
-        "1 MB whitespace in answer": "<answer>B" + " \t\n" * (size // 3) + "C</answer>",
-        "8 KB whitespace then separator": "<answer>B" + " " * 8000 + ",C</answer>",
-        "1 MB 'B or C or '": "<think>x</think><answer>" + "B or C or " * (size // 10) + "</answer>",
-        "8 KB letters and separators": "<answer>" + "A, B/C; D & " * 650 + "</answer>",
-        "8 KB combining marks": "<answer>B" + "\u0301" * 8000 + "</answer>",
-        "8 KB zero-width chars": "<answer>" + "\u200b\u200d\ufeff" * 2700 + "</answer>",
-        "8 KB fullwidth": "<answer>" + "Ｂ（ｏｒ）Ｃ" * 1300 + "</answer>",
-        "lone surrogates": "<answer>" + "\ud800\udfff" * 4000 + "</answer>",
-        "8 KB 'not not'": "<answer>" + "not " * 2000 + "yes</answer>",
-        "8 KB Chinese yes/no": "<answer>" + "是否没有" * 2000 + "</answer>",
-        "8 KB CJK text": "<answer>" + "右肺下叶可见斑片影" * 900 + "</answer>",
+    think = "<think>The opacity is in the right lower lobe.</think>\n"
+
+    def answer(body: str) -> str:
+        return f"{think}<answer>{body}</answer>"
+
+    def fill(unit: str, chars: int) -> str:
+        return unit * max(chars // len(unit), 1)
+
+    boxed_100k = "\\boxed{" * 100_000 + "B" + "}" * 100_000
+    cases = {
+        "1 Mi random ASCII with <>/{}\\": "".join(rng.choices("abcdefgh <>/{}\\\n", k=size)),
+        "1 Mi random BMP code points (lone surrogates too)": "".join(map(chr, rng.choices(range(32, 0x10000), k=size))),
+        "1 Mi inside one <answer>": answer(fill("the consolidation ", size - 80)),
+        "100k '<answer>B'": fill("<answer>B", size),
+        "50k '<answer>B</answer>'": fill("<answer>B</answer>", size),
+        "100k '</think>' then an answer": fill("</think>", size - 20) + "<answer>B</answer>",
+        "<answer> nested 50k deep": "<answer>" * 50_000 + "B" + "</answer>" * 50_000,
+        "unclosed <think> of 1 Mi": "<think>" + "x" * (size - 7),
+        "unclosed <think> of 1 Mi, then an answer": "<think>" + "x" * (size - 30) + "<answer>B</answer>",
+        "answer tags inside 1 Mi <think>": f"<think>{fill('<answer>B</answer>', size - 40)}</think><answer>B</answer>",
+        "\\boxed nested 100k deep as the answer": answer(boxed_100k),
+        "\\boxed nested 100k deep, answer padded to 1 Mi": answer(boxed_100k + " " * (size - len(boxed_100k) - 80)),
+        "\\boxed nested 100k deep in <think>": f"<think>{boxed_100k}</think><answer>\\boxed{{B}}</answer>",
+        "\\boxed nested 1k deep (8 KB answer)": answer("\\boxed{" * 999 + "B" + "}" * 999),
+        "unbalanced \\boxed{ x 1k (8 KB answer)": answer(fill("\\boxed{", answer_cap)),
+        "1 Mi whitespace inside the answer": answer("B" + fill(" \t\n", size - 80) + "C"),
+        "1 Mi whitespace-only answer": answer(" " * (size - 80)),
+        "8 KB spaces then a separator": answer("B" + " " * (answer_cap - 3) + ",C"),
+        "1 Mi 'B or C or '": answer(fill("B or C or ", size - 80)),
+        "8 KB 'B or C or '": answer(fill("B or C or ", answer_cap)),
+        "1 Mi 'A, B/C; D & '": answer(fill("A, B/C; D & ", size - 80)),
+        "8 KB 'A, B/C; D & '": answer(fill("A, B/C; D & ", answer_cap)),
+        "8 KB 'B B B ...'": answer(fill("B ", answer_cap)),
+        "8 KB '(B)(C)...'": answer(fill("(B)(C)", answer_cap)),
+        "8 KB 'the answer is ' lead-ins then B": answer(fill("the answer is ", answer_cap - 1) + "B"),
+        "8 KB 'not not ... yes'": answer(fill("not ", answer_cap - 3) + "yes"),
+        "8 KB Chinese yes/no words": answer(fill("是否没有不对", answer_cap)),
+        "8 KB CJK findings": answer(fill("右肺下叶可见斑片影", answer_cap)),
+        "8 KB distinct words": answer(" ".join(f"w{i}" for i in range(answer_cap // 6))),
+        "1 Mi NUL and control characters": answer(fill("\x00\x01\x1b\x7f", size - 80)),
+        "1 Mi partial tags '<answe'": "<answer>B</answe" + fill("<answe", size - 20),
     }
+    unicode_bodies = {
+        "combining marks, one class": ("B", "\u0301"),
+        "combining marks, mixed classes (out of canonical order)": ("B", "\u0301\u0316"),
+        "zero-width characters": ("", "\u200b\u200d\ufeff\u2060"),
+        "fullwidth letters": ("", "Ｂ（ｏｒ）Ｃ"),
+        "lone surrogates": ("", "\ud800\udfff\udc00"),
+        "NFKC expanding U+FDFA (x18)": ("", "\ufdfa"),
+        "case-fold expanding ß / ΐ": ("", "ßΐ"),
+        "bidi overrides": ("", "\u202eB\u202c\u2067C\u2069"),
+        "Hangul jamo composing": ("", "\u1100\u1161\u11a8"),
+        "variation selectors": ("B", "\ufe0f\U000e0100"),
+        "ideographic spaces U+3000": ("B", "\u3000"),
+    }
+    for name, (head, unit) in unicode_bodies.items():
+        cases[f"8 KB {name}"] = answer(head + fill(unit, answer_cap - len(head)))
+        cases[f"1 Mi {name}"] = answer(head + fill(unit, size - 80))
+    cases["1 Mi combining marks, mixed classes, in <think>"] = (
+        "<think>B" + fill("\u0301\u0316", size - 40) + "</think><answer>B</answer>"
+    )
+    return cases
 
 
-def worst_latency(cases: dict[str, str], repeats: int) -> dict[str, tuple[float, str]]:
-    """Per query type, the slowest adversarial output (best of `repeats` runs each) and its name."""
-    extras = {
-        "multiple_choice": ("B", {"query_type": "multiple_choice", "options": OPTIONS}),
-        "yes_no": ("yes", {"query_type": "yes_no"}),
-        "jaccard": ("right lower lobe", {"query_type": "jaccard"}),
-        "exact_match": ("right lower lobe", {"query_type": "exact_match"}),
+def worst_latency(
+    fn: Callable[..., object], cases: dict[str, str], repeats: int
+) -> dict[str, dict[str, float]]:
+    """Seconds per (query type, input): best of `repeats` runs, to keep scheduler noise out of a single call."""
+    references = {
+        "multiple_choice": ("B", {"options": DIAGNOSES[:5]}),
+        "yes_no": ("yes", {}),
+        "jaccard": ("right lower lobe consolidation", {}),
+        "exact_match": ("right lower lobe consolidation", {}),
     }
-    tokens("warm-up")  # builds the tokeniser's punctuation class once per process
-    worst: dict[str, tuple[float, str]] = {}
-    for query_type, (gold, extra) in extras.items():
+    latencies: dict[str, dict[str, float]] = {}
+    for query_type, (gold, fields) in references.items():
+        latencies[query_type] = {}
         for name, output in cases.items():
             best = float("inf")
             for _ in range(repeats):
+                extra_info = {"query_type": query_type, "index": 0, **fields}
                 start = time.perf_counter()
-                compute_score(data_source="adv", solution_str=output, ground_truth=gold, extra_info=extra)
+                fn(data_source="adversarial", solution_str=output, ground_truth=gold, extra_info=extra_info)
                 best = min(best, time.perf_counter() - start)
-            if best > worst.get(query_type, (0.0, ""))[0]:
-                worst[query_type] = (best, name)
-    return worst
+            latencies[query_type][name] = best
+    return latencies
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def _pin_to_one_core() -> str:
+    if not hasattr(os, "sched_setaffinity"):
+        return "not pinned (no sched_setaffinity on this platform)"
+    core = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {core})
+    return f"pinned to core {core}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer samples and repeats")
-    parser.add_argument("--json", help="also write the numbers to this file")
+    parser.add_argument("--quick", action="store_true", help="fewer responses and repeats (a smoke run)")
+    parser.add_argument("--json", metavar="PATH", help="also write the numbers to this file")
+    parser.add_argument("--profile", action="store_true", help="cProfile the multiple_choice ~1 KB path")
     args = parser.parse_args()
-    n, repeats = (2000, 3) if args.quick else (20000, 5)
-    rng = random.Random(0)
-    results: dict[str, object] = {}
+    n, repeats = (2_000, 2) if args.quick else (20_000, 5)
 
-    print(f"## Throughput on realistic 200-4,000 character outputs (one core, best of {repeats})\n")
-    print("| query_type | n | medverl resp/s | verl geo3k resp/s | ratio | target >= 1.0 |")
+    pinned = _pin_to_one_core()
+    ours_fn, reward_kwargs = load_verl_reward_fn()
+
+    def ours(s: Sample) -> object:
+        return ours_fn(data_source="bench", solution_str=s.solution_str, ground_truth=s.ground_truth,
+                       extra_info=s.extra_info)
+
+    def verl_geo3k(s: Sample) -> object:
+        return geo3k.compute_score(s.solution_str, s.ground_truth)
+
+    results: dict[str, object] = {
+        "python": platform.python_version(), "machine": platform.machine(), "cpu": pinned,
+        "n": n, "repeats": repeats, "reward_kwargs": reward_kwargs,
+    }
+    print(f"Python {platform.python_version()}, {pinned}; medverl through verl's get_custom_reward_fn with "
+          f"reward_kwargs {reward_kwargs}\n")
+
+    print(f"## Throughput on 200-4,000 character outputs (best of {repeats} fresh corpora, groups of {GROUP_SIZE})\n")
+    print("| query type | n | ours resp/s | geo3k resp/s | ratio ours/geo3k | target >= 1.0 |")
     print("|---|---:|---:|---:|---:|---|")
-    for query_type in ("multiple_choice", "yes_no", "jaccard", "exact_match"):
-        samples = build_corpus(query_type, n, rng)
-        ours_rps = responses_per_second(ours, samples, repeats)
-        geo_rps = responses_per_second(verl_geo3k, samples, repeats)
-        ratio = ours_rps / geo_rps
-        results[query_type] = {"n": n, "ours_rps": ours_rps, "geo3k_rps": geo_rps, "ratio": ratio}
-        print(f"| {query_type} | {n} | {ours_rps:,.0f} | {geo_rps:,.0f} | {ratio:.1f} | {'PASS' if ratio >= 1 else 'FAIL'} |")
+    throughput: dict[str, dict[str, float]] = {}
+    for query_type in QUERY_TYPES:
+        rps = compare({"ours": ours, "geo3k": verl_geo3k}, functools.partial(_corpus, query_type, n), repeats)
+        ratio = rps["ours"] / rps["geo3k"]
+        throughput[query_type] = {"n": n, "ours_rps": rps["ours"], "geo3k_rps": rps["geo3k"], "ratio": ratio}
+        print(f"| {query_type} | {n:,} | {rps['ours']:,.0f} | {rps['geo3k']:,.0f} | {ratio:.1f} "
+              f"| {_verdict(ratio >= RATIO_TARGET)} |")
+    results["throughput"] = throughput
 
-    samples = build_corpus("multiple_choice", n, random.Random(1), min_len=950, max_len=1050)
-    mc_rps = responses_per_second(ours, samples, repeats)
-    results["multiple_choice_1kb_rps"] = mc_rps
-    print(f"\nmultiple_choice on ~1 KB outputs: {mc_rps:,.0f} responses/s "
-          f"(target >= 200,000: {'PASS' if mc_rps >= 200_000 else 'FAIL'})")
+    def mc_1kb(k: int) -> list[Sample]:
+        return build_corpus("multiple_choice", n, f"mc1kb/{k}", min_len=974, max_len=1074)
+
+    mc = compare({"ours": ours}, mc_1kb, repeats)["ours"]
+    hot_corpus = mc_1kb(1)
+    mc_hot = n / min(_time_pass(ours, hot_corpus) for _ in range(repeats))
+    results["multiple_choice_1kb"] = {"n": n, "fresh_prompts_rps": mc, "rescored_rps": mc_hot}
+    print("\n## multiple_choice on ~1 KB outputs (974-1,074 characters), one core\n")
+    print(f"- fresh prompts each repeat: **{mc:,.0f} responses/s** "
+          f"(target >= {MC_TARGET:,.0f}: **{_verdict(mc >= MC_TARGET)}**)")
+    print(f"- the same corpus re-scored, every cache hot: {mc_hot:,.0f} responses/s")
 
     cases = adversarial_outputs()
-    worst = worst_latency(cases, repeats=3)
-    results["adversarial_worst_ms"] = {k: {"ms": v[0] * 1e3, "input": v[1]} for k, v in worst.items()}
-    print(f"\n## Worst case over {len(cases)} adversarial outputs of up to 1 MB (best of 3 runs each)\n")
-    print("| query_type | worst latency | input | target < 10 ms |\n|---|---:|---|---|")
-    for query_type, (seconds, name) in worst.items():
-        print(f"| {query_type} | {seconds * 1e3:.2f} ms | {name} | {'PASS' if seconds < 0.010 else 'FAIL'} |")
+    latencies = worst_latency(ours_fn, cases, repeats=3)
+    print(f"\n## Worst case over {len(cases)} adversarial outputs of up to 1 Mi characters (best of 3 runs each)\n")
+    print("| query type | worst latency | worst input | inputs over 10 ms | target < 10 ms |\n|---|---:|---|---:|---|")
+    adversarial: dict[str, object] = {}
+    for query_type, by_input in latencies.items():
+        name, seconds = max(by_input.items(), key=lambda kv: kv[1])
+        slow = sum(s >= LATENCY_TARGET_S for s in by_input.values())
+        adversarial[query_type] = {"worst_ms": seconds * 1e3, "worst_input": name,
+                                   "ms": {k: v * 1e3 for k, v in by_input.items()}}
+        print(f"| {query_type} | {seconds * 1e3:.2f} ms | {name} | {slow} | {_verdict(seconds < LATENCY_TARGET_S)} |")
+    results["adversarial"] = adversarial
+    ranked = sorted(((s, qt, name) for qt, d in latencies.items() for name, s in d.items()), reverse=True)
+    print("\nSlowest (query type, input) pairs:\n")
+    print("| latency | query type | input |\n|---:|---|---|")
+    for seconds, query_type, name in ranked[:12]:
+        print(f"| {seconds * 1e3:.2f} ms | {query_type} | {name} |")
+
+    worst_s = ranked[0][0]
+    results["targets"] = {
+        "ratio_ge_1": all(t["ratio"] >= RATIO_TARGET for t in throughput.values()),
+        "mc_1kb_ge_200k": mc >= MC_TARGET,
+        "adversarial_lt_10ms": worst_s < LATENCY_TARGET_S,
+    }
+    print("\n## Targets\n")
+    print(f"- ratio ours/geo3k >= 1.0 for every query type: "
+          f"{_verdict(results['targets']['ratio_ge_1'])} (lowest {min(t['ratio'] for t in throughput.values()):.1f})")
+    print(f"- multiple_choice ~1 KB >= 200,000 responses/s: {_verdict(mc >= MC_TARGET)} ({mc:,.0f})")
+    print(f"- adversarial worst case < 10 ms: {_verdict(worst_s < LATENCY_TARGET_S)} "
+          f"({worst_s * 1e3:.2f} ms, {ranked[0][1]}, {ranked[0][2]})")
+
+    if args.profile:
+        corpus = mc_1kb(repeats + 1)
+        profiler = cProfile.Profile()
+        profiler.runcall(lambda: [ours(s) for s in corpus])
+        print(f"\n## cProfile of the multiple_choice ~1 KB path ({len(corpus):,} fresh responses), by own time\n")
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+        Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
         print(f"\nnumbers written to {args.json}")
 
 

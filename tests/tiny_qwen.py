@@ -73,55 +73,103 @@ def save_tiny_tokenizer(directory: str | Path) -> Path:
     return directory
 
 
-def save_tiny_processor(directory: str | Path) -> Path:
-    """Save tokenizer, Qwen2.5-VL processor and a tiny model config where verl's ``hf_processor`` loads them.
+def save_tiny_processor(directory: str | Path, *, qwen3: bool = False) -> Path:
+    """Save tokenizer, Qwen-VL processor and a tiny model config where verl's ``hf_processor`` loads them.
 
-    verl's ``hf_processor`` also reads the model config (it binds the model's mRoPE index function), hence the
-    ``config.json`` of a 2-layer model with the tiny tokenizer's token ids.
+    ``qwen3=False``: ``Qwen2_5_VLProcessor`` (patch 14) + ``Qwen2_5_VLConfig``; ``qwen3=True``: ``Qwen3VLProcessor``
+    (patch 16, ``Qwen3VLVideoProcessor``) + ``Qwen3VLConfig``. ``verl.utils.hf_tokenizer`` loads the same directory.
+    verl's ``hf_processor`` also reads the model config (it binds the model's mRoPE index function) and returns None
+    without one, hence the ``config.json`` of a 2-layer model with the tiny tokenizer's token ids.
     """
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor, Qwen2VLImageProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+    from transformers import Qwen2VLImageProcessor
 
     directory = Path(directory)
     tokenizer = build_tiny_tokenizer()
+    token_id = tokenizer.convert_tokens_to_ids
+    patch_size = 16 if qwen3 else 14
     image_processor = Qwen2VLImageProcessor(
-        patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=56 * 56, max_pixels=224 * 224
+        patch_size=patch_size,
+        merge_size=2,
+        temporal_patch_size=2,
+        min_pixels=(4 * patch_size) ** 2,
+        max_pixels=(16 * patch_size) ** 2,
     )
-    video_processor = Qwen2VLVideoProcessor(patch_size=14, merge_size=2, temporal_patch_size=2)
-    processor = Qwen2_5_VLProcessor(
+    token_ids = {
+        "image_token_id": token_id("<|image_pad|>"),
+        "video_token_id": token_id("<|video_pad|>"),
+        "vision_start_token_id": token_id("<|vision_start|>"),
+        "vision_end_token_id": token_id("<|vision_end|>"),
+    }
+    # head_dim 16: mrope_section must sum to head_dim / 2.
+    text_config = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "pad_token_id": token_id("<|endoftext|>"),
+    }
+    if qwen3:
+        from transformers import Qwen3VLConfig, Qwen3VLProcessor
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+        video_processor = Qwen3VLVideoProcessor(patch_size=patch_size, merge_size=2, temporal_patch_size=2)
+        processor_cls = Qwen3VLProcessor
+        config = Qwen3VLConfig(
+            text_config={
+                **text_config,
+                "head_dim": 16,
+                "rope_parameters": {
+                    "rope_type": "default",
+                    "rope_theta": 5e6,
+                    "mrope_section": [2, 3, 3],
+                    "mrope_interleaved": True,
+                },
+            },
+            vision_config={
+                "depth": 2,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_heads": 2,
+                "patch_size": patch_size,
+                "out_hidden_size": 64,
+                "num_position_embeddings": 256,
+                "deepstack_visual_indexes": [1],
+            },
+            **token_ids,
+        )
+    else:
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor
+        from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+        video_processor = Qwen2VLVideoProcessor(patch_size=patch_size, merge_size=2, temporal_patch_size=2)
+        processor_cls = Qwen2_5_VLProcessor
+        config = Qwen2_5_VLConfig(
+            text_config={
+                **text_config,
+                "bos_token_id": token_id("<|endoftext|>"),
+                "eos_token_id": token_id("<|im_end|>"),
+                "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+            },
+            vision_config={
+                "depth": 2,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_heads": 2,
+                "patch_size": patch_size,
+                "out_hidden_size": 64,
+                "window_size": 112,
+                "fullatt_block_indexes": [1],
+            },
+            **token_ids,
+        )
+    processor = processor_cls(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=video_processor,
         chat_template=tokenizer.chat_template,
     )
     processor.save_pretrained(directory)
-    token_id = tokenizer.convert_tokens_to_ids
-    config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "bos_token_id": token_id("<|endoftext|>"),
-            "eos_token_id": token_id("<|im_end|>"),
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
-        },
-        vision_config={
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "patch_size": 14,
-            "out_hidden_size": 64,
-            "window_size": 112,
-            "fullatt_block_indexes": [1],
-        },
-        image_token_id=token_id("<|image_pad|>"),
-        video_token_id=token_id("<|video_pad|>"),
-        vision_start_token_id=token_id("<|vision_start|>"),
-        vision_end_token_id=token_id("<|vision_end|>"),
-    )
     config.save_pretrained(directory)
     return directory
