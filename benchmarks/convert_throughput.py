@@ -3,7 +3,8 @@
     python benchmarks/convert_throughput.py [--sizes 1000 10000] [--workers 2] [--json results.json]
 
 Three ways over the same image records, each in a fresh process:
-- medverl: ``run_prep`` (every image decoded and checked, rejects, shards, manifest);
+- medverl: ``run_prep`` with the default image check (JPEG marker structure, PNG chunk CRCs), rejects, shards,
+  manifest; and once more with ``image_check="decode"`` (every pixel decoded) to show what a full decode costs;
 - baseline: what verl's ``examples/data_preprocess`` scripts do: ``datasets`` load, ``map`` to the RL layout
   (image bytes read, nothing checked), ``to_parquet``;
 - floor: read every input byte (records and images) and write the same bytes to one file.
@@ -61,7 +62,7 @@ CHILD = {
         from medverl.data.converters import PrepOptions
         from medverl.data.runner import PrepJob, run_prep
         from medverl.prompts import load_template
-        options = PrepOptions(image_root=Path(IMAGES), template=load_template("think_answer"))
+        options = PrepOptions(image_root=Path(IMAGES), template=load_template("think_answer"), image_check=CHECK)
         run_prep(PrepJob("rl", (RECORDS,), Path(OUT), options), workers=WORKERS, progress=False)
     """,
     "baseline": """
@@ -93,7 +94,7 @@ CHILD = {
 }
 WRAPPER = """
 import json, resource, sys, time
-RECORDS, IMAGES, OUT, WORKERS = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+RECORDS, IMAGES, OUT, WORKERS, CHECK = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 start = time.perf_counter()
 {body}
 seconds = time.perf_counter() - start
@@ -103,12 +104,12 @@ print(json.dumps({{"seconds": seconds, "peak_rss_mb": own / 1024, "peak_child_rs
 """
 
 
-def run(way: str, records: Path, images: Path, workers: int) -> dict:
+def run(way: str, records: Path, images: Path, workers: int, check: str = "structure") -> dict:
     """One way in a fresh Python process: wall seconds and peak RSS (its own and its workers')."""
     with tempfile.TemporaryDirectory() as out:
         script = WRAPPER.format(body=textwrap.dedent(CHILD[way]))
         done = subprocess.run(
-            [sys.executable, "-c", script, str(records), str(images), out, str(workers)],
+            [sys.executable, "-c", script, str(records), str(images), out, str(workers), check],
             capture_output=True, text=True, check=True,
         )
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -126,9 +127,12 @@ def main() -> None:
         print("|---:|---|---:|---:|---:|---:|")
         for n in args.sizes:
             records, images, total = make_inputs(Path(tmp), n)
-            for way, workers in (("floor", 1), ("baseline", 1), ("medverl", 1), ("medverl", args.workers)):
+            ways = (("floor", 1, ""), ("baseline", 1, ""), ("medverl", 1, "structure"),
+                    ("medverl", args.workers, "structure"), ("medverl", args.workers, "decode"))
+            for way, workers, check in ways:
                 label = f"{way} (workers {workers})" if way == "medverl" else way
-                r = run(way, records, images, workers)
+                label += " image_check=decode" if check == "decode" else ""
+                r = run(way, records, images, workers, check or "structure")
                 r |= {"records_per_s": n / r["seconds"], "mb_per_s": total / 1e6 / r["seconds"]}
                 results[f"{n}/{label}"] = r
                 print(f"| {n} | {label} | {r['seconds']:.2f} | {r['records_per_s']:,.0f} | {r['mb_per_s']:.1f} | "

@@ -141,6 +141,7 @@ def _cmd_prep(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         min_pixels=args.min_pixels,
         pixel_limit=args.pixel_limit,
+        image_check=args.image_check,
         data_source=args.data_source or Path(args.inputs[0]).stem,
         split=args.split,
         query_type=args.query_type,
@@ -222,10 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--output", required=True, help="output directory (part-NNNNN.parquet, rejects.jsonl, manifest.json)")
     prep.add_argument("--image-root", help="base directory of relative image paths")
     prep.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    prep.add_argument("--rows-per-shard", type=int, default=2000)
+    prep.add_argument("--rows-per-shard", type=int, default=1000,
+                      help="input records per window; each window is written to its own shard(s) (default 1000)")
     prep.add_argument("--max-pixels", type=int, help="written into every image dict; verl resizes to at most this")
     prep.add_argument("--min-pixels", type=int, help="written into every image dict; verl resizes to at least this")
     prep.add_argument("--pixel-limit", type=int, default=8192 * 8192, help="reject larger images (decompression bombs)")
+    prep.add_argument(
+        "--image-check", choices=["structure", "decode"], default="structure",
+        help="structure (default): JPEG markers and PNG chunk CRCs, at disk speed; decode: every pixel decoded",
+    )
     prep.add_argument("--resume", action="store_true", help="continue an interrupted job in the same directory")
     prep.add_argument("--engine", choices=["local", "ray"], default="local",
                       help="local: --workers processes here; ray: Ray Data on the cluster of --ray-address")

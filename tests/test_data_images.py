@@ -126,7 +126,7 @@ def test_dicom_reference_becomes_png_with_metadata(tmp_path: Path) -> None:
         (lambda d: "data:image/png;base64,!!!not-base64!!!", "invalid base64"),
         (lambda d: (d / "cut.png").write_bytes(_png(d / "cut.png")[:60]) and "cut.png", "image does not decode"),
         (lambda d: (d / "text.png").write_text("not an image") and "text.png", "image does not decode"),
-        (lambda d: (d / "cut.jpg").write_bytes(_noise_jpeg()[:-200]) and "cut.jpg", "image file is truncated"),
+        (lambda d: (d / "cut.jpg").write_bytes(_noise_jpeg()[:-200]) and "cut.jpg", "truncated"),
         (lambda d: (d / "big.png").write_bytes(_png(d / "big.png", (400, 300))) and "big.png", "over the limit of 100000"),
         (lambda d: (d / "empty.dcm").write_bytes(b"\0" * 128 + b"DICM") and "empty.dcm", "DICOM has no readable pixel data"),
         (lambda d: {"caption": "x"}, "has none of bytes, image_base64"),
@@ -137,6 +137,86 @@ def test_dicom_reference_becomes_png_with_metadata(tmp_path: Path) -> None:
 def test_bad_references_raise_the_reject_reason(tmp_path: Path, make, reason: str) -> None:
     with pytest.raises(ImageError, match=reason):
         load_image(make(tmp_path), image_root=tmp_path, pixel_limit=100_000)
+
+
+def _jpeg(progressive: bool = False, gray: bool = False) -> bytes:
+    import random
+
+    buffer = io.BytesIO()
+    image = Image.frombytes("RGB", (192, 128), random.Random(7).randbytes(192 * 128 * 3))
+    image.convert("L" if gray else "RGB").save(buffer, format="JPEG", progressive=progressive)
+    return buffer.getvalue()
+
+
+def _decodes(data: bytes) -> bool:
+    try:
+        Image.open(io.BytesIO(data)).load()
+        return True
+    except Exception:
+        return False
+
+
+def _structure_ok(data: bytes) -> bool:
+    try:
+        load_image(data, check="structure")
+        return True
+    except ImageError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "reason"),
+    [
+        (lambda d: d[:-2], "ends inside image data"),  # EOI lost
+        (lambda d: d[: len(d) // 2], "ends inside image data"),  # cut in the middle of the scan
+        (lambda d: d[:400], "(?i)truncated"),  # cut in the headers
+    ],
+)
+def test_jpeg_truncation_is_rejected_at_both_levels(corrupt, reason: str) -> None:
+    data = corrupt(_jpeg())
+    assert not _decodes(data)
+    with pytest.raises(ImageError, match=reason):
+        load_image(data, check="structure")
+    with pytest.raises(ImageError, match="(?i)does not decode|truncated"):
+        load_image(data, check="decode")
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "reason"),
+    [
+        (lambda d: d[:-2] + b"\xff\xd8\xff\xd9", "unsupported marker 0xFFD8"),  # a second SOI
+        (lambda d: d[:-2] + b"\xff\xf3\x00\x04\x00\x00\xff\xd9", "unsupported marker 0xFFF3"),  # reserved code
+        (lambda d: d[:-2] + b"\xff\xe1\x40\x00\x00\xff\xd9", "bad marker segment length"),  # runs past the end
+        (lambda d: d[:-2] + d[2:600] + b"\xff\xd9", "a second frame header"),  # headers repeated
+    ],
+)
+def test_jpeg_structure_check_rejects_a_corrupt_marker_structure(corrupt, reason: str) -> None:
+    # PIL stops reading once it has every pixel, so these tails pass a decode but are corrupt files all the same.
+    with pytest.raises(ImageError, match=reason):
+        load_image(corrupt(_jpeg()), check="structure")
+
+
+@pytest.mark.parametrize("variant", [{}, {"progressive": True}, {"gray": True}, {"progressive": True, "gray": True}])
+def test_jpeg_structure_check_agrees_with_the_decoder_on_cuts(variant: dict) -> None:
+    import random
+
+    original = _jpeg(**variant)
+    assert _structure_ok(original) and _decodes(original)
+    cases = [original[:cut] for cut in range(200, len(original) - 2, 97)]  # a cut in every part of the file
+    cases.append(original + random.Random(0).randbytes(50))  # trailing bytes after EOI are ignored by both
+    for data in cases:
+        assert _structure_ok(data) == _decodes(data), (len(data), len(original))
+
+
+def test_decode_level_decodes_every_pixel() -> None:
+    data = bytearray(_jpeg())
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\xff\xc4" * 32  # a marker storm mid-scan
+    data = bytes(data)
+    assert not _decodes(data)
+    with pytest.raises(ImageError, match="does not decode"):
+        load_image(data, check="decode")
+    with pytest.raises(ValueError, match="unknown image check"):
+        load_image(data, check="quick")
 
 
 def test_relative_path_without_image_root_says_so() -> None:

@@ -189,7 +189,8 @@ def test_job_accounting_and_shards(tmp_path: Path, images: Path) -> None:
     manifest = run_prep(job, progress=False)
     assert (manifest["read"], manifest["written"], manifest["rejected"]) == (20, 18, 2)
     assert manifest["rejected_by_reason"] == {"image_not_found": 1, "malformed_json": 1}
-    assert [s["rows"] for s in manifest["shards"]] == [5, 5, 5, 3] and manifest["complete"]
+    # a shard per window of 5 input records, less that window's rejects (records 4 and 9)
+    assert [s["rows"] for s in manifest["shards"]] == [4, 4, 5, 5] and manifest["complete"]
     rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
     assert [(r["index"], r["code"]) for r in rejects] == [(5, "malformed_json"), (10, "image_not_found")]  # line numbers
     table = _read_shards(tmp_path / "out")
@@ -201,6 +202,17 @@ def test_job_accounting_and_shards(tmp_path: Path, images: Path) -> None:
         run_prep(job, progress=False)
 
 
+def test_large_windows_are_split_by_bytes(tmp_path: Path, images: Path) -> None:
+    source = _write_jsonl(tmp_path / "rl.jsonl", [r for r in _rl_records(12) if isinstance(r, dict)])
+    job = PrepJob("rl", (str(source),), tmp_path / "out", options(images), rows_per_shard=100, max_shard_bytes=1)
+    manifest = run_prep(job, progress=False)
+    assert [s["rows"] for s in manifest["shards"]] == [1] * manifest["written"]  # one row per file past the limit
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [s["file"] for s in manifest["shards"]] + ["manifest.json", "rejects.jsonl"]
+    )
+    assert _read_shards(tmp_path / "out").num_rows == manifest["written"]
+
+
 def test_resume_after_interruption_gives_identical_output(tmp_path: Path, images: Path, monkeypatch) -> None:
     source = _write_jsonl(tmp_path / "rl.jsonl", _rl_records(150))
     reference = PrepJob("rl", (str(source),), tmp_path / "ref", options(images), rows_per_shard=4)
@@ -209,7 +221,7 @@ def test_resume_after_interruption_gives_identical_output(tmp_path: Path, images
     job = PrepJob("rl", (str(source),), tmp_path / "out", options(images), rows_per_shard=4)
     real_convert, calls = runner._convert, {"n": 0}
 
-    def crash_after_100(task):  # records are converted in windows of 64: the second window dies midway
+    def crash_after_100(task):  # the 26th window of 4 records dies midway
         calls["n"] += 1
         if calls["n"] > 100:
             raise KeyboardInterrupt

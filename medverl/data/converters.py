@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from medverl.data.images import DEFAULT_PIXEL_LIMIT, ImageError, LoadedImage, load_image
+from medverl.data.images import CHECK_LEVELS, DEFAULT_PIXEL_LIMIT, ImageError, LoadedImage, load_image
 from medverl.prompts import ANSWER_HINTS
 from medverl.rewards import InvalidReference, RewardOptions, UnknownQueryType, check_reference
 
@@ -33,6 +33,8 @@ class PrepOptions:
         image_root: base directory of relative image paths.
         max_pixels, min_pixels: written into every image dict (verl forwards them to qwen_vl_utils).
         pixel_limit: images with more pixels are rejected before decoding.
+        image_check: how images are proven to decode, one of ``CHECK_LEVELS`` ("structure" walks JPEG markers and
+            PNG chunk CRCs; "decode" decodes every pixel).
         data_source: for records that name none.
         split: for RL records that name none.
         ability: the RL ``ability`` column.
@@ -45,12 +47,17 @@ class PrepOptions:
     max_pixels: int | None = None
     min_pixels: int | None = None
     pixel_limit: int = DEFAULT_PIXEL_LIMIT
+    image_check: str = "structure"
     data_source: str = "unknown"
     split: str = "train"
     ability: str = "medical_vqa"
     query_type: str | None = None
     template: str = "{question}{options}"
     plugins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.image_check not in CHECK_LEVELS:
+            raise ValueError(f"unknown image check {self.image_check!r}; use one of {', '.join(CHECK_LEVELS)}")
 
     @property
     def resolution_keys(self) -> tuple[str, ...]:
@@ -94,7 +101,7 @@ def _load_images(references: list, options: PrepOptions) -> tuple[list[dict], st
     images, meta = [], []
     for i, reference in enumerate(references):
         try:
-            image: LoadedImage = load_image(reference, options.image_root, options.pixel_limit)
+            image: LoadedImage = load_image(reference, options.image_root, options.pixel_limit, check=options.image_check)
         except ImageError as exc:
             code = "image_not_found" if "not found" in str(exc) else "bad_image"
             raise _fail(code, f"image {i}: {exc}") from None

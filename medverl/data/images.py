@@ -23,6 +23,16 @@ KEPT_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF"})
 _DATA_URI = re.compile(r"data:image/[\w.+-]+;base64,", re.IGNORECASE)
 _BASE64_CHARS = re.compile(r"[A-Za-z0-9+/=\s]+")
 _DICOM_MAGIC_OFFSET = 128
+# How image bytes are proven usable: "structure" walks the file format (JPEG markers, PNG chunk CRCs), "decode"
+# decodes every pixel. See `_check`.
+CHECK_LEVELS = ("structure", "decode")
+# In JPEG entropy-coded data 0xFF is followed by 0x00 (stuffing), a restart marker or another 0xFF (fill):
+# anything else ends the scan.
+_JPEG_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+# Markers libjpeg accepts besides frame headers; any other (a second SOI, reserved codes) is a fatal decode error.
+_JPEG_BETWEEN_SCANS = frozenset({0xC4, 0xCC, 0xDA, 0xDB, 0xDC, 0xDD, 0xFE, *range(0xE0, 0xF0)})
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+_JPEG_FRAMES = frozenset({0xC0, 0xC1, 0xC2, 0xC9, 0xCA})  # the processes libjpeg decodes
 
 
 class ImageError(ValueError):
@@ -88,17 +98,18 @@ def load_image(
     image_root: Path | None = None,
     pixel_limit: int = DEFAULT_PIXEL_LIMIT,
     dicom_preset: str | tuple[float, float] | None = None,
+    check: str = "structure",
 ) -> LoadedImage:
-    """Resolve, decode and check one image reference; raises :class:`ImageError` with the reject reason."""
+    """Resolve and check one image reference (`check`: one of ``CHECK_LEVELS``); raises :class:`ImageError`."""
     data, path = read_reference(reference, image_root)
     if _is_dicom(data, path):
         try:
             dicom = dicom_to_png(data, preset=dicom_preset)
         except DicomError as exc:
             raise ImageError(f"{path or 'inline DICOM'}: {exc}") from None
-        header = _check(dicom.png, path, pixel_limit)
+        header = _check(dicom.png, path, pixel_limit, check)
         return LoadedImage(dicom.png, path, header.width, header.height, "DICOM to 8-bit PNG", dicom.metadata)
-    header = _check(data, path, pixel_limit)
+    header = _check(data, path, pixel_limit, check)
     if header.format in KEPT_FORMATS and header.mode in ("1", "L", "LA", "P", "RGB", "RGBA"):
         return LoadedImage(data, path, header.width, header.height)
     converted = _to_png(Image.open(io.BytesIO(data)))
@@ -112,12 +123,15 @@ class _Header(NamedTuple):
     height: int
 
 
-def _check(data: bytes, path: str, pixel_limit: int) -> _Header:
-    """Prove the image decodes, as cheaply as each format allows; raises :class:`ImageError`.
+def _check(data: bytes, path: str, pixel_limit: int, check: str) -> _Header:
+    """Prove the image decodes; raises :class:`ImageError`.
 
-    JPEG is decoded at 1/8 scale (every entropy-coded byte is still read, so truncation and corruption show),
-    PNG has the CRC of every chunk checked up to IEND, anything else is decoded in full.
+    ``check="decode"`` decodes every pixel. ``check="structure"`` reads the header and walks the format the way the
+    decoder will: JPEG markers and scan boundaries up to EOI (what makes libjpeg fail: truncation, a marker where
+    none may be, a missing EOI), PNG chunk CRCs up to IEND; other formats are decoded in full either way.
     """
+    if check not in CHECK_LEVELS:
+        raise ValueError(f"unknown image check {check!r}; use one of {', '.join(CHECK_LEVELS)}")
     where = path or "inline image"
     try:
         with warnings.catch_warnings():
@@ -130,10 +144,10 @@ def _check(data: bytes, path: str, pixel_limit: int) -> _Header:
                     "(a decompression bomb or an oversized scan; raise --pixel-limit if it is real)"
                 )
             header = _Header(str(image.format), image.mode, width, height)
-            if image.format == "JPEG":
-                image.draft(None, (max(1, width // 8), max(1, height // 8)))
-                image.load()
-            elif image.format == "PNG":
+            if check == "structure" and image.format == "JPEG":
+                if problem := jpeg_structure_error(data):
+                    raise ImageError(f"{where}: image does not decode: {problem}")
+            elif check == "structure" and image.format == "PNG":
                 image.verify()
             else:
                 image.load()
@@ -146,6 +160,47 @@ def _check(data: bytes, path: str, pixel_limit: int) -> _Header:
     if width < 1 or height < 1:
         raise ImageError(f"{where}: image is empty ({width}x{height})")
     return header
+
+
+def jpeg_structure_error(data: bytes) -> str:
+    """Why `data` (a JPEG whose header PIL read) is corrupt, or "" when its marker structure is sound.
+
+    Follows libjpeg's marker reader: segments are skipped by their length, bytes before a marker are skipped,
+    scans end at the first byte pair that is not stuffing, restart or fill, one frame header only, and the file
+    must reach EOI. Stricter than decoding where a corrupt tail lies past the last pixel the decoder needs.
+    """
+    end, pos, frames = len(data), 2, 0
+    while True:
+        ff = data.find(b"\xff", pos)
+        if ff == -1:
+            return "truncated: the file ends before its end-of-image marker"
+        pos = ff + 1
+        while pos < end and data[pos] == 0xFF:
+            pos += 1
+        if pos >= end:
+            return "truncated: the file ends before its end-of-image marker"
+        marker, pos = data[pos], pos + 1
+        if marker == 0xD9:
+            return ""
+        if marker == 0 or marker in _JPEG_STANDALONE:
+            continue
+        if marker in _JPEG_FRAMES:
+            frames += 1
+            if frames > 1:
+                return f"a second frame header (0xFF{marker:02X}) at byte {pos - 2}"
+        elif marker not in _JPEG_BETWEEN_SCANS:
+            return f"unsupported marker 0xFF{marker:02X} at byte {pos - 2}"
+        if pos + 2 > end:
+            return "truncated inside a marker segment"
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        if length < 2 or pos + length > end:
+            return f"bad marker segment length {length} at byte {pos}"
+        pos += length
+        if marker == 0xDA:
+            scan_end = _JPEG_SCAN_END.search(data, pos)
+            if scan_end is None:
+                return "truncated: the file ends inside image data"
+            pos = scan_end.start()
 
 
 def _to_png(image: Image.Image) -> bytes:

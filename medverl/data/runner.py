@@ -1,13 +1,17 @@
-"""The one data-preparation runner: stream records, convert them in workers, write shards, rejects and a manifest.
+"""The one data-preparation runner: stream records, convert and write them in workers, account for every one.
 
-Every record read is either written to a shard or listed in ``rejects.jsonl`` with its reason, so
-``read == written + rejected`` always holds. Shards are written to a temporary file and renamed; the manifest
-is rewritten after each shard, so an interrupted job resumes (``resume=True``) at the last shard it finished and
-produces the same bytes as an uninterrupted one, whatever the number of workers.
+Records are cut into windows of ``rows_per_shard`` input records. A worker converts a window and writes its rows
+as shard files itself (at most ``rows_per_shard`` rows, a new file past ``max_shard_bytes``); this process only
+reads records, renames finished files to ``part-NNNNN.parquet`` in input order, appends rejects and rewrites the
+manifest. Every record read is either written to a shard or listed in ``rejects.jsonl`` with its reason, so
+``read == written + rejected`` always holds. The manifest is rewritten after each window, so an interrupted job
+resumes (``resume=True``) at the last window it finished and produces the same bytes as an uninterrupted one,
+whatever the number of workers.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import json
@@ -16,7 +20,7 @@ import multiprocessing
 import os
 import pickle
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
+# Rows are handed to Arrow and written as one row group per this many bytes, so a worker's memory stays bounded.
+ROW_GROUP_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -43,15 +49,16 @@ class PrepJob:
         inputs: input files, read in this order.
         output: the output directory.
         options: what the converters share.
-        rows_per_shard: a shard is closed after this many rows ...
-        max_shard_bytes: ... or once its rows hold this many bytes of images and text.
+        rows_per_shard: input records per window; a window's rows go to their own shard(s), so a shard holds at
+            most this many rows (fewer when records of its window were rejected) ...
+        max_shard_bytes: ... and a new shard is started once a shard's rows hold this many bytes.
     """
 
     kind: str
     inputs: tuple[str, ...]
     output: Path
     options: PrepOptions = field(default_factory=PrepOptions)
-    rows_per_shard: int = 2000
+    rows_per_shard: int = 1000
     max_shard_bytes: int = 128 << 20
 
     def __post_init__(self) -> None:
@@ -83,6 +90,23 @@ class _State:
     rejects_bytes: int = 0
 
 
+@dataclass(frozen=True)
+class _Window:
+    number: int
+    first: int  # the job-wide index of its first record
+    records: list[Record]
+
+
+@dataclass(frozen=True)
+class _Done:
+    """A converted window: its shard files (still under temporary names) and its reject entries, in input order."""
+
+    number: int
+    read: int
+    files: list[tuple[str, int]]
+    rejects: list[dict]
+
+
 def _convert(task: tuple[str, Record, int, PrepOptions]) -> dict | Reject:
     kind, record, index, options = task
     if record.error:
@@ -96,14 +120,14 @@ def _convert_item(item: dict) -> dict:
     return {"result": pickle.dumps(_convert(pickle.loads(item["task"])))}
 
 
-def _ray_data_map(batch: list[tuple]) -> list[dict | Reject]:
+def _ray_data_map(tasks: list[tuple]) -> list[dict | Reject]:
     """Convert one window of records on Ray Data (whatever cluster ``ray.init`` joined), in input order."""
     import ray
 
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
-    dataset = ray.data.from_items([{"task": pickle.dumps(task)} for task in batch]).map(_convert_item)
+    dataset = ray.data.from_items([{"task": pickle.dumps(task)} for task in tasks]).map(_convert_item)
     return [pickle.loads(row["result"]) for row in dataset.take_all()]
 
 
@@ -112,10 +136,78 @@ def _row_bytes(row: dict) -> int:
     return images + len(json.dumps({k: v for k, v in row.items() if k != "images"}, default=str))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def _images_array(rows: list[dict], list_type: pa.ListType) -> pa.Array:
+    """The ``images`` column: image bytes copied once into one buffer (``from_pylist`` copies them piecemeal)."""
+    per_row = [row["images"] for row in rows]
+    images = [image for row_images in per_row for image in row_images]
+    sizes = [len(image["bytes"]) for image in images]
+    offsets = pa.array([0, *itertools.accumulate(sizes)], pa.int32())
+    data = pa.py_buffer(b"".join(image["bytes"] for image in images))
+    children = [pa.Array.from_buffers(pa.binary(), len(images), [None, offsets.buffers()[1], data])]
+    struct_type = list_type.value_type
+    for f in list(struct_type)[1:]:
+        children.append(pa.array([image[f.name] for image in images], f.type))
+    values = pa.StructArray.from_arrays(children, fields=list(struct_type))
+    row_offsets = pa.array([0, *itertools.accumulate(map(len, per_row))], pa.int32())
+    return pa.ListArray.from_arrays(row_offsets, values, type=list_type)
+
+
+def _record_batch(rows: list[dict], schema: pa.Schema) -> pa.RecordBatch:
+    columns = []
+    for f in schema:
+        if f.name == "images":
+            columns.append(_images_array(rows, f.type))
+        else:
+            columns.append(pa.array([row[f.name] for row in rows], f.type))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+class _ShardWriter:
+    """Writes one window's rows as parquet files, a row group per ``ROW_GROUP_BYTES``, a file per ``max_bytes``."""
+
+    def __init__(self, directory: Path, window: int, schema: pa.Schema, max_bytes: int) -> None:
+        self.directory, self.window, self.schema, self.max_bytes = directory, window, schema, max_bytes
+        self.files: list[tuple[str, int]] = []
+        self.writer: pq.ParquetWriter | None = None
+        self.pending: list[dict] = []
+        self.pending_bytes = self.file_bytes = self.file_rows = 0
+
+    def add(self, row: dict) -> None:
+        size = _row_bytes(row)
+        if self.file_rows and self.file_bytes + size > self.max_bytes:
+            self._close_file()
+        self.pending.append(row)
+        self.pending_bytes += size
+        self.file_bytes += size
+        self.file_rows += 1
+        if self.pending_bytes >= ROW_GROUP_BYTES:
+            self._write_pending()
+
+    def close(self) -> list[tuple[str, int]]:
+        if self.file_rows:
+            self._close_file()
+        return self.files
+
+    def _write_pending(self) -> None:
+        if self.writer is None:
+            name = f".window-{self.window:06d}-{len(self.files):03d}.parquet.tmp"
+            # Image bytes are already compressed (JPEG, PNG): compressing them again costs time and saves nothing;
+            # their min/max statistics and dictionaries are of no use to any reader.
+            small = [n for n in self.schema.names if n != "images"]
+            self.writer = pq.ParquetWriter(
+                self.directory / name, self.schema, compression={n: "snappy" for n in small} | {"images": "NONE"},
+                use_dictionary=small, write_statistics=small,
+            )
+            self.files.append((name, 0))
+        self.writer.write_batch(_record_batch(self.pending, self.schema))
+        self.pending, self.pending_bytes = [], 0
+
+    def _close_file(self) -> None:
+        self._write_pending()
+        self.writer.close()
+        self.writer = None
+        self.files[-1] = (self.files[-1][0], self.file_rows)
+        self.file_bytes = self.file_rows = 0
 
 
 def _excerpt(record: Record) -> str:
@@ -124,8 +216,51 @@ def _excerpt(record: Record) -> str:
     return json.dumps(record.data, ensure_ascii=False, default=repr)[:200]
 
 
-def _records(job: PrepJob) -> Iterator[Record]:
-    return itertools.chain.from_iterable(iter_records(path) for path in job.inputs)
+def _finish_window(job: PrepJob, window: _Window, results: Iterable[dict | Reject]) -> _Done:
+    """Write a window's rows, as `results` yields them, under temporary names and collect its rejects."""
+    _, parquet_kind = CONVERTERS[job.kind]
+    writer = _ShardWriter(job.output, window.number, schema_for(parquet_kind, job.options.resolution_keys),
+                          job.max_shard_bytes)
+    rejects = []
+    for record, result in zip(window.records, results, strict=True):
+        if isinstance(result, Reject):
+            rejects.append({"index": record.position, "source": record.source, "code": result.code,
+                            "reason": result.reason, "excerpt": _excerpt(record)})
+        else:
+            writer.add(result)
+    return _Done(window.number, len(window.records), writer.close(), rejects)
+
+
+def _process_window(job: PrepJob, window: _Window) -> _Done:
+    results = (_convert((job.kind, record, window.first + i, job.options)) for i, record in enumerate(window.records))
+    return _finish_window(job, window, results)  # one row at a time: a window's rows never sit in memory together
+
+
+_WORKER_JOB: PrepJob | None = None
+
+
+def _init_worker(job: PrepJob) -> None:
+    global _WORKER_JOB
+    _WORKER_JOB = job
+
+
+def _process_in_worker(window: _Window) -> _Done:
+    return _process_window(_WORKER_JOB, window)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _windows(job: PrepJob, start: int) -> Iterator[_Window]:
+    records = itertools.islice(itertools.chain.from_iterable(iter_records(p) for p in job.inputs), start, None)
+    for number in itertools.count(start // job.rows_per_shard):
+        batch = list(itertools.islice(records, job.rows_per_shard))
+        if not batch:
+            return
+        yield _Window(number, number * job.rows_per_shard, batch)
 
 
 def run_prep(
@@ -133,15 +268,17 @@ def run_prep(
 ) -> dict:
     """Run `job`; returns the manifest (also written to ``OUTPUT/manifest.json``).
 
-    `engine` "local" converts in `workers` processes of this machine; "ray" converts on Ray Data across the
-    cluster ``ray.init`` connects to (reading, shards and the manifest stay with this process, so the output
-    is the same bytes either way).
+    `engine` "local" converts and writes in `workers` processes of this machine; "ray" converts on Ray Data across
+    the cluster ``ray.init`` connects to, and this process writes the shards (the output is the same bytes either
+    way).
 
     Raises:
         FileExistsError: the output directory holds another job's results and `resume` is not set.
         ValueError: resuming a job whose inputs or options differ.
         InputError: an input file cannot be read at all.
     """
+    if engine not in ("local", "ray"):
+        raise ValueError(f"unknown engine {engine!r}; use local or ray")
     out = job.output
     out.mkdir(parents=True, exist_ok=True)
     manifest_path, rejects_path = out / MANIFEST, out / REJECTS
@@ -159,20 +296,17 @@ def run_prep(
             previous["read"], previous["written"], previous["rejected"], Counter(previous["rejected_by_reason"]),
             previous["shards"], previous["rejects_bytes"],
         )
-        for stray in out.glob("part-*.parquet"):  # a shard written after the last manifest update
-            if stray.name not in {s["file"] for s in state.shards}:
+        known = {s["file"] for s in state.shards}
+        for stray in [*out.glob("part-*.parquet"), *out.glob(".window-*.tmp")]:  # written after the last manifest
+            if stray.name not in known:
                 stray.unlink()
     elif any(out.glob("part-*.parquet")):
         raise FileExistsError(f"{out} holds parquet shards but no {MANIFEST}; use an empty directory")
 
     _, parquet_kind = CONVERTERS[job.kind]
-    schema = schema_for(parquet_kind, job.options.resolution_keys)
     with rejects_path.open("ab") as f:
         f.truncate(state.rejects_bytes)
     rejects = rejects_path.open("a", encoding="utf-8")
-
-    buffer: list[dict] = []
-    buffered_bytes = 0
 
     def write_manifest(complete: bool) -> dict:
         rejects.flush()
@@ -193,52 +327,43 @@ def run_prep(
         _atomic_write(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
         return manifest
 
-    def flush_shard() -> None:
-        nonlocal buffer, buffered_bytes
-        name = f"part-{len(state.shards):05d}.parquet"
-        table = pa.Table.from_pylist(buffer, schema=schema)
-        tmp = out / (name + ".tmp")
-        # Image bytes are already compressed (JPEG, PNG): compressing them again costs time and saves nothing.
-        pq.write_table(table, tmp, compression={name: "snappy" for name in table.column_names if name != "images"}
-                       | {"images": "NONE"})
-        os.replace(tmp, out / name)
-        state.written += len(buffer)
-        state.shards.append({"file": name, "rows": len(buffer)})
-        buffer, buffered_bytes = [], 0
+    def commit(done: _Done) -> None:
+        """Make a finished window part of the output, in input order."""
+        for tmp, rows in done.files:
+            name = f"part-{len(state.shards):05d}.parquet"
+            os.replace(out / tmp, out / name)
+            state.shards.append({"file": name, "rows": rows})
+            state.written += rows
+        for entry in done.rejects:
+            state.rejected += 1
+            state.rejected_by_reason[entry["code"]] += 1
+            rejects.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        state.read += done.read
+        write_manifest(complete=False)
+        bar.update(done.read)
 
-    records = itertools.islice(_records(job), state.read, None)
-    tasks = ((job.kind, record, index, job.options) for index, record in enumerate(records, start=state.read))
+    if state.read % job.rows_per_shard:
+        raise ValueError(f"cannot resume {out}: its manifest stops inside a window ({state.read} records read)")
+    windows = _windows(job, state.read)
     bar = tqdm(desc=f"prep {job.kind}", unit=" records", initial=state.read, disable=not progress or None)
-    if engine not in ("local", "ray"):
-        raise ValueError(f"unknown engine {engine!r}; use local or ray")
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 and engine == "local" else None
+    pool = None
     try:
-        # Bounded look-ahead, so memory does not grow with the input; Ray gets larger windows to pay its overhead.
-        window = 2048 if engine == "ray" else max(64, 32 * workers)
-        while batch := list(itertools.islice(tasks, window)):
-            if engine == "ray":
-                results = _ray_data_map(batch)
-            else:
-                results = pool.map(_convert, batch, chunksize=8) if pool else [_convert(t) for t in batch]
-            for (_, record, index, _), result in zip(batch, results, strict=True):
-                state.read += 1
-                if isinstance(result, Reject):
-                    state.rejected += 1
-                    state.rejected_by_reason[result.code] += 1
-                    entry = {"index": record.position, "source": record.source, "code": result.code,
-                             "reason": result.reason, "excerpt": _excerpt(record)}
-                    rejects.write(json.dumps(entry, ensure_ascii=False) + "\n")
-                else:
-                    buffer.append(result)
-                    buffered_bytes += _row_bytes(result)
-                    # A shard closes (and the manifest records progress) only at a row boundary that depends
-                    # on the data alone, so a resumed job cuts shards exactly where an uninterrupted one does.
-                    if len(buffer) >= job.rows_per_shard or buffered_bytes >= job.max_shard_bytes:
-                        flush_shard()
-                        write_manifest(complete=False)
-            bar.update(len(batch))
-        if buffer:
-            flush_shard()
+        if engine == "ray":
+            for window in windows:
+                tasks = [(job.kind, r, window.first + i, job.options) for i, r in enumerate(window.records)]
+                commit(_finish_window(job, window, _ray_data_map(tasks)))
+        elif workers <= 1:
+            for window in windows:
+                commit(_process_window(job, window))
+        else:
+            pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (job,))
+            # At most two windows per worker in flight, so memory does not grow with the input.
+            in_flight: collections.deque = collections.deque()
+            for window in itertools.chain(windows, [None]):
+                if window is not None:
+                    in_flight.append(pool.apply_async(_process_in_worker, (window,)))
+                while in_flight and (window is None or len(in_flight) >= 2 * workers):
+                    commit(in_flight.popleft().get())
         manifest = write_manifest(complete=True)
     finally:
         bar.close()
