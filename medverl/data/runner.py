@@ -20,8 +20,9 @@ import multiprocessing
 import os
 import pickle
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 
 import pyarrow as pa
@@ -231,21 +232,31 @@ def _finish_window(job: PrepJob, window: _Window, results: Iterable[dict | Rejec
     return _Done(window.number, len(window.records), writer.close(), rejects)
 
 
-def _process_window(job: PrepJob, window: _Window) -> _Done:
-    results = (_convert((job.kind, record, window.first + i, job.options)) for i, record in enumerate(window.records))
-    return _finish_window(job, window, results)  # one row at a time: a window's rows never sit in memory together
+def _process_window(job: PrepJob, window: _Window, tick: Callable[[], None]) -> _Done:
+    def results() -> Iterator[dict | Reject]:  # one row at a time: a window's rows never sit in memory together
+        for i, record in enumerate(window.records):
+            yield _convert((job.kind, record, window.first + i, job.options))
+            tick()
+
+    return _finish_window(job, window, results())
 
 
-_WORKER_JOB: PrepJob | None = None
+# A worker process's job and its count of converted records (which the parent's progress bar reads).
+_WORKER: tuple[PrepJob, Synchronized] | None = None
 
 
-def _init_worker(job: PrepJob) -> None:
-    global _WORKER_JOB
-    _WORKER_JOB = job
+def _init_worker(job: PrepJob, converted: Synchronized) -> None:
+    global _WORKER
+    _WORKER = (job, converted)
+
+
+def _count_in_worker() -> None:
+    with _WORKER[1].get_lock():
+        _WORKER[1].value += 1
 
 
 def _process_in_worker(window: _Window) -> _Done:
-    return _process_window(_WORKER_JOB, window)
+    return _process_window(_WORKER[0], window, _count_in_worker)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -340,7 +351,6 @@ def run_prep(
             rejects.write(json.dumps(entry, ensure_ascii=False) + "\n")
         state.read += done.read
         write_manifest(complete=False)
-        bar.update(done.read)
 
     if state.read % job.rows_per_shard:
         raise ValueError(f"cannot resume {out}: its manifest stops inside a window ({state.read} records read)")
@@ -352,18 +362,32 @@ def run_prep(
             for window in windows:
                 tasks = [(job.kind, r, window.first + i, job.options) for i, r in enumerate(window.records)]
                 commit(_finish_window(job, window, _ray_data_map(tasks)))
+                bar.update(len(window.records))
         elif workers <= 1:
             for window in windows:
-                commit(_process_window(job, window))
+                commit(_process_window(job, window, lambda: bar.update(1)))
         else:
-            pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (job,))
+            context = multiprocessing.get_context("spawn")
+            converted = context.Value("q", 0)
+            pool = context.Pool(workers, _init_worker, (job, converted))
             # At most two windows per worker in flight, so memory does not grow with the input.
             in_flight: collections.deque = collections.deque()
+            reported = 0
+
+            def report() -> None:
+                nonlocal reported
+                bar.update(converted.value - reported)
+                reported = converted.value
+
             for window in itertools.chain(windows, [None]):
                 if window is not None:
                     in_flight.append(pool.apply_async(_process_in_worker, (window,)))
                 while in_flight and (window is None or len(in_flight) >= 2 * workers):
+                    while not in_flight[0].ready():
+                        in_flight[0].wait(0.25)
+                        report()
                     commit(in_flight.popleft().get())
+            report()
         manifest = write_manifest(complete=True)
     finally:
         bar.close()
