@@ -292,3 +292,21 @@ def test_ray_data_engine_gives_the_same_bytes(tmp_path: Path, images: Path) -> N
         ray.shutdown()
     assert on_ray == local
     assert _snapshot(tmp_path / "ray") == _snapshot(tmp_path / "local")
+
+
+def test_a_dying_worker_fails_the_job_loudly_and_resume_finishes_it(tmp_path: Path, images: Path, monkeypatch) -> None:
+    # A reward plugin that kills the process converting records, as the kernel's OOM killer would.
+    plugin = tmp_path / "die_in_worker.py"
+    plugin.write_text(
+        "import multiprocessing, os\n"
+        "if os.environ.get('MEDVERL_TEST_DIE') and multiprocessing.parent_process() is not None:\n"
+        "    os._exit(9)\n"
+    )
+    source = _write_jsonl(tmp_path / "rl.jsonl", [r for r in _rl_records(12) if isinstance(r, dict)])
+    job = PrepJob("rl", (str(source),), tmp_path / "out", options(images, plugins=(str(plugin),)), rows_per_shard=4)
+    monkeypatch.setenv("MEDVERL_TEST_DIE", "1")
+    with pytest.raises(RuntimeError, match="a worker process died .* --resume"):
+        run_prep(job, workers=2, progress=False)
+    monkeypatch.delenv("MEDVERL_TEST_DIE")
+    manifest = run_prep(job, workers=2, resume=True, progress=False)
+    assert manifest["complete"] and manifest["read"] == manifest["written"] + manifest["rejected"] == 11

@@ -126,28 +126,25 @@ class _Header(NamedTuple):
 def _check(data: bytes, path: str, pixel_limit: int, check: str) -> _Header:
     """Prove the image decodes; raises :class:`ImageError`.
 
-    ``check="decode"`` decodes every pixel. ``check="structure"`` reads the header and walks the format the way the
-    decoder will: JPEG markers and scan boundaries up to EOI (what makes libjpeg fail: truncation, a marker where
-    none may be, a missing EOI), PNG chunk CRCs up to IEND; other formats are decoded in full either way.
+    ``check="decode"`` decodes every pixel. ``check="structure"`` walks the format the way the decoder will: JPEG
+    markers and scans up to EOI (:func:`jpeg_structure_error`), PNG chunk CRCs up to IEND; other formats, and JPEGs
+    that must be converted (CMYK, 12-bit), are decoded in full either way.
     """
     if check not in CHECK_LEVELS:
         raise ValueError(f"unknown image check {check!r}; use one of {', '.join(CHECK_LEVELS)}")
     where = path or "inline image"
+    if check == "structure" and data.startswith(b"\xff\xd8\xff"):
+        problem, header = _walk_jpeg(data)
+        if problem:
+            raise ImageError(f"{where}: image does not decode: {problem}")
+        if header.mode in ("L", "RGB"):
+            return _checked_size(header, where, pixel_limit)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
             image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > pixel_limit:
-                raise ImageError(
-                    f"{where}: {width}x{height} = {width * height} pixels is over the limit of {pixel_limit} "
-                    "(a decompression bomb or an oversized scan; raise --pixel-limit if it is real)"
-                )
-            header = _Header(str(image.format), image.mode, width, height)
-            if check == "structure" and image.format == "JPEG":
-                if problem := jpeg_structure_error(data):
-                    raise ImageError(f"{where}: image does not decode: {problem}")
-            elif check == "structure" and image.format == "PNG":
+            header = _checked_size(_Header(str(image.format), image.mode, *image.size), where, pixel_limit)
+            if check == "structure" and image.format == "PNG":
                 image.verify()
             else:
                 image.load()
@@ -157,49 +154,75 @@ def _check(data: bytes, path: str, pixel_limit: int, check: str) -> _Header:
         raise ImageError(f"{where}: decompression bomb: {exc}") from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad data
         raise ImageError(f"{where}: image does not decode: {exc}") from None
-    if width < 1 or height < 1:
-        raise ImageError(f"{where}: image is empty ({width}x{height})")
+    return header
+
+
+def _checked_size(header: _Header, where: str, pixel_limit: int) -> _Header:
+    pixels = header.width * header.height
+    if pixels > pixel_limit:
+        raise ImageError(
+            f"{where}: {header.width}x{header.height} = {pixels} pixels is over the limit of {pixel_limit} "
+            "(a decompression bomb or an oversized scan; raise --pixel-limit if it is real)"
+        )
+    if pixels < 1:
+        raise ImageError(f"{where}: image is empty ({header.width}x{header.height})")
     return header
 
 
 def jpeg_structure_error(data: bytes) -> str:
-    """Why `data` (a JPEG whose header PIL read) is corrupt, or "" when its marker structure is sound.
+    """Why the JPEG `data` is corrupt, or "" when its marker structure is sound (see :func:`_walk_jpeg`)."""
+    return _walk_jpeg(data)[0]
+
+
+def _walk_jpeg(data: bytes) -> tuple[str, _Header]:
+    """What is wrong with a JPEG file ("" if nothing), and its frame header.
 
     Follows libjpeg's marker reader: segments are skipped by their length, bytes before a marker are skipped,
-    scans end at the first byte pair that is not stuffing, restart or fill, one frame header only, and the file
-    must reach EOI. Stricter than decoding where a corrupt tail lies past the last pixel the decoder needs.
+    scans end at the first byte pair that is not stuffing, restart or fill, one frame header before the first scan,
+    and the file must reach EOI. Stricter than decoding where a corrupt tail lies past the last pixel the decoder
+    needs. The header's mode is "L" or "RGB" only for 8-bit, 1- or 3-component frames (what is stored unconverted).
     """
-    end, pos, frames = len(data), 2, 0
+    end, pos = len(data), 2
+    header = _Header("JPEG", "", 0, 0)
     while True:
         ff = data.find(b"\xff", pos)
         if ff == -1:
-            return "truncated: the file ends before its end-of-image marker"
+            return "truncated: the file ends before its end-of-image marker", header
         pos = ff + 1
         while pos < end and data[pos] == 0xFF:
             pos += 1
         if pos >= end:
-            return "truncated: the file ends before its end-of-image marker"
+            return "truncated: the file ends before its end-of-image marker", header
         marker, pos = data[pos], pos + 1
         if marker == 0xD9:
-            return ""
+            return ("" if header.mode else "no frame header"), header
         if marker == 0 or marker in _JPEG_STANDALONE:
             continue
-        if marker in _JPEG_FRAMES:
-            frames += 1
-            if frames > 1:
-                return f"a second frame header (0xFF{marker:02X}) at byte {pos - 2}"
-        elif marker not in _JPEG_BETWEEN_SCANS:
-            return f"unsupported marker 0xFF{marker:02X} at byte {pos - 2}"
+        if marker not in _JPEG_FRAMES and marker not in _JPEG_BETWEEN_SCANS:
+            return f"unsupported marker 0xFF{marker:02X} at byte {pos - 2}", header
+        if header.mode and marker in _JPEG_FRAMES:
+            return f"a second frame header (0xFF{marker:02X}) at byte {pos - 2}", header
         if pos + 2 > end:
-            return "truncated inside a marker segment"
+            return "truncated inside a marker segment", header
         length = int.from_bytes(data[pos : pos + 2], "big")
-        if length < 2 or pos + length > end:
-            return f"bad marker segment length {length} at byte {pos}"
+        if length < 2:
+            return f"bad marker segment length {length} at byte {pos}", header
+        if pos + length > end:
+            return f"truncated inside a marker segment, or its length ({length} at byte {pos}) is corrupt", header
+        if marker in _JPEG_FRAMES:
+            if length < 8:
+                return f"bad frame header length {length} at byte {pos}", header
+            precision, components = data[pos + 2], data[pos + 7]
+            mode = {1: "L", 3: "RGB"}.get(components, "other") if precision == 8 else "other"
+            height, width = int.from_bytes(data[pos + 3 : pos + 5], "big"), int.from_bytes(data[pos + 5 : pos + 7], "big")
+            header = _Header("JPEG", mode, width, height)
         pos += length
         if marker == 0xDA:
+            if not header.mode:
+                return "a scan before the frame header", header
             scan_end = _JPEG_SCAN_END.search(data, pos)
             if scan_end is None:
-                return "truncated: the file ends inside image data"
+                return "truncated: the file ends inside image data", header
             pos = scan_end.start()
 
 

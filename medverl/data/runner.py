@@ -21,6 +21,8 @@ import os
 import pickle
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
@@ -367,11 +369,10 @@ def run_prep(
             for window in windows:
                 commit(_process_window(job, window, lambda: bar.update(1)))
         else:
-            context = multiprocessing.get_context("spawn")
-            converted = context.Value("q", 0)
-            pool = context.Pool(workers, _init_worker, (job, converted))
+            converted = multiprocessing.get_context("spawn").Value("q", 0)
+            pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _init_worker, (job, converted))
             # At most two windows per worker in flight, so memory does not grow with the input.
-            in_flight: collections.deque = collections.deque()
+            in_flight: collections.deque[Future] = collections.deque()
             reported = 0
 
             def report() -> None:
@@ -381,19 +382,25 @@ def run_prep(
 
             for window in itertools.chain(windows, [None]):
                 if window is not None:
-                    in_flight.append(pool.apply_async(_process_in_worker, (window,)))
+                    in_flight.append(pool.submit(_process_in_worker, window))
                 while in_flight and (window is None or len(in_flight) >= 2 * workers):
-                    while not in_flight[0].ready():
-                        in_flight[0].wait(0.25)
+                    while not wait([in_flight[0]], timeout=0.25).done:
                         report()
-                    commit(in_flight.popleft().get())
+                    try:
+                        done = in_flight.popleft().result()
+                    except BrokenProcessPool:
+                        raise RuntimeError(
+                            f"a worker process died (killed for memory?) converting records {state.read}+ of {out}; "
+                            "rerun with --resume, with fewer --workers or a smaller --rows-per-shard"
+                        ) from None
+                    commit(done)
             report()
         manifest = write_manifest(complete=True)
     finally:
         bar.close()
         rejects.close()
         if pool is not None:
-            pool.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
     if state.read != state.written + state.rejected:  # the invariant every consumer relies on
         raise RuntimeError(f"internal error: read {state.read} != written {state.written} + rejected {state.rejected}")
     logger.info("%s: read %d, wrote %d, rejected %d", out, state.read, state.written, state.rejected)
