@@ -395,6 +395,8 @@ def run_prep(
                         ) from None
                     commit(done)
             report()
+            pool.shutdown()  # reaps the workers (their memory then counts in this process's children)
+            pool = None
         manifest = write_manifest(complete=True)
     finally:
         bar.close()
