@@ -1,0 +1,1 @@
+"""Training front-ends on verl: the CPT dataset class."""
