@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--kind", required=True, choices=["rl", "sft", "cpt"])
     check.add_argument("--processor", help="model directory with the tokenizer and processor to load the data with")
     check.add_argument("--max-prompt-length", type=int, default=4096,
-                       help="verl's data.max_prompt_length (RL) or data.max_length (SFT)")
+                       help="verl's data.max_prompt_length (RL) or data.max_length (SFT, CPT)")
     check.add_argument("--report", help="also write the report to this markdown file")
     check.set_defaults(func=_cmd_validate)
 

@@ -128,20 +128,24 @@ def _rl_through_verl(shards: list[Path], model_dir: str, max_prompt_length: int,
         report.token_lengths.append(int(inputs["input_ids"].shape[-1]))
 
 
-def _sft_through_verl(shards: list[Path], model_dir: str, max_length: int, report: ValidationReport) -> None:
+def _sft_trainer_dataset(shards: list[Path], kind: str, model_dir: str, max_length: int, report: ValidationReport) -> None:
+    """Every row through the dataset class verl's SFT trainer would use: MultiTurnSFTDataset, or CPTDataset."""
     from omegaconf import OmegaConf
     from verl.utils import hf_processor, hf_tokenizer
     from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
 
+    from medverl.training.cpt_dataset import CPTDataset
+
     tokenizer, processor = hf_tokenizer(model_dir), hf_processor(model_dir)
     config = OmegaConf.create({"max_length": max_length, "truncation": "error", "pad_mode": "no_padding"})
-    dataset = MultiTurnSFTDataset([str(s) for s in shards], tokenizer, config, processor)
+    dataset_cls = CPTDataset if kind == "cpt" else MultiTurnSFTDataset
+    dataset = dataset_cls([str(s) for s in shards], tokenizer, config, processor)
     kept = 0
     for i in range(len(dataset)):
         try:
             item = dataset[i]
         except Exception as exc:  # verl asserts and raises many types per row
-            report.problems.append(f"row {i}: verl's MultiTurnSFTDataset fails: {type(exc).__name__}: {exc}")
+            report.problems.append(f"row {i}: {dataset_cls.__name__} fails: {type(exc).__name__}: {exc}")
             continue
         kept += 1
         report.token_lengths.append(int(item["input_ids"].shape[-1]))
@@ -157,7 +161,7 @@ def validate(directory: str | Path, kind: str, model_dir: str | None = None, max
         directory: a ``medverl prep`` output directory.
         kind: "rl", "sft" or "cpt".
         model_dir: a model directory with tokenizer and processor (``--processor``), for verl's datasets.
-        max_length: ``max_prompt_length`` for RL, ``max_length`` for SFT.
+        max_length: ``max_prompt_length`` for RL, ``max_length`` for SFT and CPT.
     """
     if kind not in ("rl", "sft", "cpt"):
         raise ValueError(f"unknown kind {kind!r}; use rl, sft or cpt")
@@ -167,8 +171,8 @@ def validate(directory: str | Path, kind: str, model_dir: str | None = None, max
     if shards and model_dir is not None:
         if kind == "rl":
             _rl_through_verl(shards, model_dir, max_length, report)
-        elif kind == "sft":
-            _sft_through_verl(shards, model_dir, max_length, report)
+        else:
+            _sft_trainer_dataset(shards, kind, model_dir, max_length, report)
         if report.kept_by_verl is not None and report.kept_by_verl != report.rows:
             report.problems.insert(0, f"verl keeps {report.kept_by_verl} of {report.rows} rows")
     return report
