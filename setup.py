@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "numpy",
     "pillow",
     "pydicom>=3.0",
+    "pyyaml",
     # parts of verl that medverl's CPU paths import (datasets, reward loop)
     "qwen_vl_utils",
     "cachetools",

@@ -171,5 +171,7 @@ def save_tiny_processor(directory: str | Path, *, qwen3: bool = False) -> Path:
         chat_template=tokenizer.chat_template,
     )
     processor.save_pretrained(directory)
+    # verl's HFModelConfig picks the model class from the architecture, as in a real checkpoint's config.json.
+    config.architectures = ["Qwen3VLForConditionalGeneration" if qwen3 else "Qwen2_5_VLForConditionalGeneration"]
     config.save_pretrained(directory)
     return directory
