@@ -3,7 +3,7 @@
 Each stage runs one recipe of ``recipes/`` on prepared data (``medverl prep`` output directories) with verl's SFT
 trainer (torchrun) or ``main_ppo``; the model a stage saves (``hf_model``) is linked as ``OUTPUT/STAGE/model`` and
 is the next stage's starting point. Finished stages are recorded in ``OUTPUT/pipeline_state.json``; rerunning the
-same command resumes at the first unfinished stage. Data is checked before anything runs: every directory must be a
+same command resumes at the first unfinished stage (verl itself resumes that stage from its last checkpoint). Data is checked before anything runs: every directory must be a
 complete ``medverl prep`` job of the kind the recipe trains on, prepared with the stage's ``max_pixels`` (the
 low-to-high resolution schedule).
 """
@@ -16,6 +16,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -230,8 +231,10 @@ def _save_state(pipeline: Pipeline, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def run_pipeline(pipeline: Pipeline, *, dry_run: bool = False, restart_from: str | None = None, out=sys.stdout) -> int:
-    """Run the stages not finished yet, in order; returns 0, or raises :class:`PipelineError` naming the stage."""
+def run_pipeline(pipeline: Pipeline, *, dry_run: bool = False, restart_from: str | None = None, out=None) -> int:
+    """Run the stages not finished yet, in order, printing to `out` (stdout); returns 0, or raises
+    :class:`PipelineError` naming the stage."""
+    out = out or sys.stdout
     if problems := pipeline.check_data():
         raise PipelineError("the data is not ready:\n" + "\n".join(f"  - {p}" for p in problems))
     names = [s.name for s in pipeline.stages]
@@ -243,9 +246,15 @@ def run_pipeline(pipeline: Pipeline, *, dry_run: bool = False, restart_from: str
     if restart_from is not None:
         for name in names[names.index(restart_from):]:
             state["stages"].pop(name, None)
+            stage_dir = pipeline.output / name
+            if stage_dir.exists() and not dry_run:
+                # verl resumes from the checkpoints it finds; a rerun starts clean, the old run is kept aside
+                kept = stage_dir.with_name(f"{name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
+                stage_dir.rename(kept)
+                print(f"[{name}] previous run moved to {kept}", file=out)
     for index, stage in enumerate(pipeline.stages):
         command = pipeline.command(index)
-        spec = {**asdict(stage), "command": command}
+        spec = json.loads(json.dumps({**asdict(stage), "command": command}))  # as the state file holds it
         done = state["stages"].get(stage.name)
         if done is not None:
             if done["spec"] != spec:

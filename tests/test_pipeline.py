@@ -1,0 +1,169 @@
+"""`medverl pipeline`: dry run, data checks, stage order, a failing stage, resume — with a stand-in trainer.
+
+The stand-in (tests' launcher) receives the exact Hydra arguments the real trainers would, and writes a checkpoint
+the way verl's checkpoint handler lays it out, so the pipeline's own logic runs for real.
+"""
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medverl.cli import main
+from medverl.pipeline import Pipeline, PipelineError, run_pipeline
+
+REPO = Path(__file__).resolve().parent.parent
+
+FAKE_TRAINER = r'''
+import json, os, sys
+args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and not a.startswith("--"))
+name = args["trainer.experiment_name"]
+with open(os.environ["TRAINER_CALLS"], "a") as f:
+    f.write(json.dumps({"stage": name, "model": args.get("model.path") or args.get("actor_rollout_ref.model.path")}) + "\n")
+print(f"training {name}")
+if name == os.environ.get("FAIL_STAGE"):
+    print("CUDA out of memory", file=sys.stderr)
+    sys.exit(3)
+step = os.path.join(args["trainer.default_local_dir"], "global_step_7")
+model = os.path.join(step, "actor", "huggingface") if "actor_rollout_ref.model.path" in args else os.path.join(step, "huggingface")
+os.makedirs(model)
+open(os.path.join(model, "config.json"), "w").write("{}")
+open(os.path.join(model, "model.safetensors"), "wb").write(b"")
+open(os.path.join(args["trainer.default_local_dir"], "latest_checkpointed_iteration.txt"), "w").write("7")
+'''
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch) -> Path:
+    """A project directory with the example data prepared, a stand-in trainer and its call log."""
+    (tmp_path / "examples").symlink_to(REPO / "examples")
+    monkeypatch.chdir(tmp_path)
+    for args in (
+        ["caption", "examples/data/captions.jsonl", "--output", "data/cpt", "--max-pixels", "200704"],
+        ["sft", "examples/data/sft.jsonl", "--output", "data/sft", "--max-pixels", "401408"],
+        ["rl", "examples/data/rl.jsonl", "--output", "data/rl", "--max-pixels", "802816"],
+        ["rl", "examples/data/rl_val.jsonl", "--output", "data/rl_val", "--max-pixels", "802816"],
+    ):
+        assert main(["prep", *args, "--image-root", "examples/data/images"]) == 0
+    (tmp_path / "fake_trainer.py").write_text(FAKE_TRAINER)
+    monkeypatch.setenv("TRAINER_CALLS", str(tmp_path / "calls.jsonl"))
+    return tmp_path
+
+
+def _config(workdir: Path, **changes) -> Path:
+    fake = [sys.executable, str(workdir / "fake_trainer.py")]
+    config = {
+        "model": "Qwen/Qwen2.5-VL-3B-Instruct",
+        "output": "runs/test",
+        "gpus_per_node": 1,
+        "launchers": {"sft": fake, "ppo": fake},
+        "stages": [
+            {"name": "cpt", "recipe": "cpt", "train": ["data/cpt"], "max_pixels": 200704},
+            {"name": "sft1", "recipe": "sft_stage1", "train": ["data/sft"], "max_pixels": 401408,
+             "overrides": ["optim.lr=3e-6"]},
+            {"name": "grpo", "recipe": "grpo", "train": ["data/rl"], "val": ["data/rl_val"], "max_pixels": 802816},
+        ],
+        **changes,
+    }
+    path = workdir / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _calls(workdir: Path) -> list[dict]:
+    path = workdir / "calls.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_dry_run_prints_the_exact_commands(workdir: Path, capsys) -> None:
+    config = Pipeline.load(REPO / "recipes" / "pipelines" / "qwen25_vl_3b_8gpu.yaml")
+    assert config.trainer(config.stages[0]) == "sft" and config.data_kind(config.stages[0]) == "cpt"
+    assert main(["pipeline", str(_config(workdir, launchers={})), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    commands = {line.split("] ", 1)[0][1:]: shlex.split(line.split("] ", 1)[1]) for line in lines}
+    assert list(commands) == ["cpt", "sft1", "grpo"] and not _calls(workdir)
+    output = workdir / "runs" / "test"
+    cpt = commands["cpt"]
+    assert cpt[:5] == ["torchrun", "--nnodes=1", "--nproc_per_node=1", "--standalone", "-m"]
+    assert cpt[5] == "verl.trainer.sft_trainer" and cpt[cpt.index("--config-name") + 1] == "cpt"
+    assert f'data.train_files=["{workdir}/data/cpt/part-00000.parquet"]' in cpt
+    assert "model.path=Qwen/Qwen2.5-VL-3B-Instruct" in cpt
+    assert f"trainer.default_local_dir={output}/cpt/checkpoints" in cpt
+    assert f"model.path={output}/cpt/model" in commands["sft1"] and commands["sft1"][-1] == "optim.lr=3e-6"
+    grpo = commands["grpo"]
+    assert grpo[:3] == [sys.executable, "-m", "verl.trainer.main_ppo"]
+    assert f"actor_rollout_ref.model.path={output}/sft1/model" in grpo and "data.image_patch_size=14" in grpo
+    assert f'data.val_files=["{workdir}/data/rl_val/part-00000.parquet"]' in grpo
+    assert not output.exists()  # a dry run writes nothing
+
+
+def test_stages_run_in_order_and_hand_on_their_models(workdir: Path, capsys) -> None:
+    assert main(["pipeline", str(_config(workdir))]) == 0
+    output = workdir / "runs" / "test"
+    assert [c["stage"] for c in _calls(workdir)] == ["cpt", "sft1", "grpo"]
+    assert [c["model"] for c in _calls(workdir)] == [
+        "Qwen/Qwen2.5-VL-3B-Instruct", str(output / "cpt" / "model"), str(output / "sft1" / "model")]
+    assert (output / "grpo" / "model").resolve() == output / "grpo" / "checkpoints" / "global_step_7" / "actor" / "huggingface"
+    assert "training sft1" in (output / "logs" / "sft1.log").read_text()
+    state = json.loads((output / "pipeline_state.json").read_text())
+    assert list(state["stages"]) == ["cpt", "sft1", "grpo"]
+    assert main(["pipeline", str(_config(workdir))]) == 0  # all finished: nothing runs again
+    assert len(_calls(workdir)) == 3 and "[grpo] finished before" in capsys.readouterr().out
+
+
+def test_a_failing_stage_stops_with_its_log_and_the_rerun_resumes_there(workdir: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("FAIL_STAGE", "sft1")
+    assert main(["pipeline", str(_config(workdir))]) == 1
+    err = capsys.readouterr().err
+    log = workdir / "runs" / "test" / "logs" / "sft1.log"
+    assert f"stage sft1 failed (exit code 3); its log: {log}" in err
+    assert "CUDA out of memory" in log.read_text()
+    assert [c["stage"] for c in _calls(workdir)] == ["cpt", "sft1"]
+    monkeypatch.delenv("FAIL_STAGE")
+    assert main(["pipeline", str(_config(workdir))]) == 0
+    assert [c["stage"] for c in _calls(workdir)] == ["cpt", "sft1", "sft1", "grpo"]  # cpt was not run again
+
+
+def test_a_changed_finished_stage_needs_from(workdir: Path, capsys) -> None:
+    assert main(["pipeline", str(_config(workdir))]) == 0
+    changed = _config(workdir)
+    text = changed.read_text().replace("optim.lr=3e-6", "optim.lr=1e-6")
+    changed.write_text(text)
+    assert main(["pipeline", str(changed)]) == 1
+    assert "stage sft1 was finished with another configuration" in capsys.readouterr().err
+    assert main(["pipeline", str(changed), "--from", "sft1"]) == 0
+    assert [c["stage"] for c in _calls(workdir)] == ["cpt", "sft1", "grpo", "sft1", "grpo"]
+    output = workdir / "runs" / "test"
+    assert len(list(output.glob("sft1.before-*"))) == 1  # verl would resume the old checkpoints: kept aside
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"stages": [{"name": "cpt", "recipe": "cpt", "train": ["data/sft"]}]}, "trains on cpt data, data/sft holds sft"),
+        ({"stages": [{"name": "cpt", "recipe": "cpt", "train": ["data/cpt"], "max_pixels": 802816}]},
+         "the schedule says max_pixels=802816, data/cpt was prepared with --max-pixels 200704"),
+        ({"stages": [{"name": "cpt", "recipe": "cpt", "train": ["data/none"]}]}, "data/none is not a medverl prep output"),
+        ({"stages": [{"name": "rl", "recipe": "grpo", "train": ["data/rl"]}]}, "GRPO needs validation data"),
+        ({"stages": [{"name": "x", "recipe": "sft_stage9", "train": ["data/sft"]}]}, "no recipe .*sft_stage9.yaml"),
+        ({"stages": [{"name": "x", "train": ["data/sft"]}]}, "stage 0 needs name, recipe, train"),
+        ({"gpu_per_node": 2}, r"unknown key\(s\) \['gpu_per_node'\]"),
+    ],
+)
+def test_bad_pipelines_fail_before_anything_runs(workdir: Path, change: dict, error: str) -> None:
+    with pytest.raises(PipelineError, match=error):
+        run_pipeline(Pipeline.load(_config(workdir, **change)))
+    assert not _calls(workdir)
+
+
+def test_several_nodes_need_the_rendezvous_environment(workdir: Path) -> None:
+    pipeline = Pipeline.load(_config(workdir, launchers={}, nnodes=2))
+    with pytest.raises(PipelineError, match="set NODE_RANK, MASTER_ADDR, MASTER_PORT"):
+        pipeline.command(0, environ={})
+    command = pipeline.command(0, environ={"NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"})
+    assert command[:6] == ["torchrun", "--nnodes=2", "--nproc_per_node=1", "--node_rank=1", "--master_addr=10.0.0.1",
+                           "--master_port=29500"]
+    assert "trainer.nnodes=2" in command
