@@ -1,0 +1,111 @@
+"""GPU smoke test: a tiny random Qwen2.5-VL through CPT and SFT steps of verl's SFT trainer, and GRPO steps of
+main_ppo where vLLM is installed, with the bundled recipes and example data. Prints steps/s and tokens/s with and
+without sequence packing.
+
+    python -m pytest tests/gpu -m gpu -s
+"""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny_qwen import save_tiny_processor
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = (2, 6)  # runs of both lengths: their difference is the time of the steps alone, without start-up
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Qwen2.5-VL with random weights, saved offline with its tokenizer and processor."""
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+
+    directory = save_tiny_processor(tmp_path_factory.mktemp("tiny_qwen25_vl"))
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(AutoConfig.from_pretrained(directory))
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("repo")
+    (root / "examples").symlink_to(REPO / "examples")
+    subprocess.run(["bash", str(REPO / "recipes" / "prepare_example_data.sh")], cwd=root, check=True,
+                   env={**os.environ, "MEDVERL": f"{sys.executable} -m medverl"})
+    return root / "runs" / "example" / "data"
+
+
+def _files(*dirs: Path) -> str:
+    return "[" + ",".join(f'"{p}"' for d in dirs for p in sorted(d.glob("part-*.parquet"))) + "]"
+
+
+def _sft(recipe: str, model: Path, train: str, out: Path, steps: int, packing: bool) -> float:
+    command = [
+        "torchrun", "--standalone", "--nnodes=1", "--nproc_per_node=1", "-m", "verl.trainer.sft_trainer",
+        "--config-path", str(REPO / "recipes"), "--config-name", recipe,
+        f"model.path={model}", f"data.train_files={train}", "data.val_files=null",
+        "data.train_batch_size=2", "data.micro_batch_size_per_gpu=1", "data.max_length=2048",
+        f"data.use_dynamic_bsz={packing}", f"model.use_remove_padding={packing}",
+        f"trainer.total_training_steps={steps}", f"trainer.default_local_dir={out}", "trainer.logger=[console]",
+        "engine.use_torch_compile=false",
+    ]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (out / f"global_step_{steps}" / "huggingface" / "config.json").is_file()  # hf_model for the next stage
+    return time.perf_counter() - start
+
+
+def _tokens_per_step(recipe: str, model: Path, train: str) -> float:
+    from hydra import compose, initialize_config_dir
+    from verl.trainer.sft_trainer import create_sft_dataset
+    from verl.utils import hf_processor, hf_tokenizer
+
+    with initialize_config_dir(config_dir=str(REPO / "recipes"), version_base=None):
+        cfg = compose(recipe, overrides=[f"model.path={model}", f"data.train_files={train}", "data.max_length=2048"])
+    dataset = create_sft_dataset(cfg.data.train_files, cfg.data, hf_tokenizer(str(model)), hf_processor(str(model)))
+    lengths = [dataset[i]["input_ids"].shape[0] for i in range(len(dataset))]
+    return 2 * sum(lengths) / len(lengths)  # train_batch_size 2
+
+
+@pytest.mark.parametrize("recipe", ["cpt", "sft_stage1"])
+@pytest.mark.parametrize("packing", [True, False], ids=["packing", "no-packing"])
+def test_sft_trainer_steps(recipe: str, packing: bool, tiny_model: Path, data: Path, tmp_path: Path) -> None:
+    train = _files(data / "cpt_captions", data / "cpt_interleaved") if recipe == "cpt" else _files(data / "sft_stage1")
+    short, long = (_sft(recipe, tiny_model, train, tmp_path / f"run{n}", n, packing) for n in STEPS)
+    steps_per_s = (STEPS[1] - STEPS[0]) / max(long - short, 1e-6)
+    tokens_per_s = steps_per_s * _tokens_per_step(recipe, tiny_model, train)
+    print(f"\n{recipe} packing={packing}: {steps_per_s:.2f} steps/s, {tokens_per_s:,.0f} tokens/s")
+
+
+def test_grpo_steps(tiny_model: Path, data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("vllm")
+    command = [
+        sys.executable, "-m", "verl.trainer.main_ppo", "--config-path", str(REPO / "recipes"), "--config-name", "grpo",
+        f"actor_rollout_ref.model.path={tiny_model}", f"data.train_files={_files(data / 'rl')}",
+        f"data.val_files={_files(data / 'rl_val')}", "data.train_batch_size=4", "data.max_prompt_length=1024",
+        "data.max_response_length=64", "actor_rollout_ref.rollout.max_model_len=1200",
+        "actor_rollout_ref.rollout.n=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=1",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=1",
+        "actor_rollout_ref.rollout.gpu_memory_utilization=0.3", "trainer.n_gpus_per_node=1",
+        "trainer.total_training_steps=2", "trainer.val_before_train=false", "trainer.test_freq=-1",
+        "trainer.save_freq=2", f"trainer.default_local_dir={tmp_path}", "reward.num_workers=1",
+    ]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (tmp_path / "global_step_2" / "actor" / "huggingface" / "config.json").is_file()
+    print(f"\ngrpo: 2 steps in {time.perf_counter() - start:.0f} s including start-up")
