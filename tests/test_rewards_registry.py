@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from medverl.rewards import PluginError, UnknownQueryType, Verdict, compute_score
+from medverl.rewards import registry as registry_module
 from medverl.rewards.registry import REGISTRY, Registry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,6 +103,19 @@ def test_plugin_module_by_name(tmp_path: Path, monkeypatch) -> None:
         plugins="my_lab_rewards",
     )
     assert result["score"] == 1.0
+
+
+@pytest.mark.parametrize("kind", ["module", "file"])
+def test_a_plugin_registers_into_the_registry_loading_it_and_every_later_one(kind: str, tmp_path: Path, monkeypatch) -> None:
+    path = _write_plugin(tmp_path / f"replayed_{kind}.py", f"replayed_{kind}")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugin = f"replayed_{kind}" if kind == "module" else str(path)
+    first, second = Registry(), Registry()
+    first.load_plugins([plugin])
+    assert f"replayed_{kind}" in first.names()
+    assert f"replayed_{kind}" not in registry_module.REGISTRY.names()  # not the process-wide one
+    second.load_plugins([plugin])  # Python imports the module once: what it registered is replayed
+    assert second.get(f"replayed_{kind}").fn is first.get(f"replayed_{kind}").fn
 
 
 @pytest.mark.parametrize(

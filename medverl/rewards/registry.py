@@ -143,7 +143,7 @@ class Registry:
                 return
             for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
                 try:
-                    obj = ep.load()
+                    obj = self._loading(f"entry point {ep.value}", ep.load)
                 except Exception as exc:
                     raise PluginError(
                         f"entry point {ep.name!r} = {ep.value!r} of group {ENTRY_POINT_GROUP!r} failed to load: {exc}"
@@ -166,10 +166,29 @@ class Registry:
                     continue
                 key = _plugin_key(plugin)
                 if key not in self._plugins_loaded:  # the same file under another spelling of its path
-                    _import_plugin(plugin)
+                    self._loading(key, lambda: _import_plugin(plugin))
                     self._plugins_loaded.add(key)
                     logger.info("loaded reward plugin %s", plugin)
                 self._plugins_loaded.add(plugin)
+
+    def _loading(self, key: str, load: Callable[[], object]) -> object:
+        """Run `load` (an import) with ``@register`` aimed at this registry.
+
+        Python imports a module once per process: what it registered then is recorded under `key` and replayed
+        here when another registry loads it again.
+        """
+        previous = getattr(_LOADING, "target", None)
+        _LOADING.target = (self, [])
+        try:
+            result = load()
+            registered = _LOADING.target[1]
+        finally:
+            _LOADING.target = previous
+        if registered:
+            _PLUGIN_REWARDS[key] = registered
+        for name, fn, extra_info_keys, validate in _PLUGIN_REWARDS.get(key, ()):
+            self.register(name, extra_info_keys=extra_info_keys, validate=validate)(fn)
+        return result
 
     def _unknown_message(self, name: object) -> str:
         known = sorted(self._specs)
@@ -216,6 +235,8 @@ def _import_plugin(plugin: str) -> None:
         )
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
     module_name = f"medverl_plugin_{path.stem}_{digest}"
+    if module_name in sys.modules:  # loaded by another registry of this process: its rewards are replayed
+        return
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise PluginError(f"reward plugin {plugin!r} is not a loadable Python file")
@@ -229,10 +250,24 @@ def _import_plugin(plugin: str) -> None:
 
 
 REGISTRY = Registry()
+# While a registry loads a plugin or entry point: (that registry, what the import registered).
+_LOADING = threading.local()
+# What each plugin or entry point registered when it was imported, replayed into registries that load it later.
+_PLUGIN_REWARDS: dict[str, list[tuple[str, RewardFn, tuple[str, ...], ReferenceValidator | None]]] = {}
 
 
 def register(
     name: str, *, extra_info_keys: Sequence[str] = (), validate: ReferenceValidator | None = None
 ) -> Callable[[RewardFn], RewardFn]:
-    """Decorator registering a reward for query_type `name` in the process-wide registry (see Registry)."""
-    return REGISTRY.register(name, extra_info_keys=extra_info_keys, validate=validate)
+    """Decorator registering a reward for query_type `name`: in the registry loading the plugin it is in, else
+    in the process-wide one (see Registry)."""
+
+    def decorator(fn: RewardFn) -> RewardFn:
+        loading = getattr(_LOADING, "target", None)
+        target = loading[0] if loading is not None else REGISTRY
+        target.register(name, extra_info_keys=extra_info_keys, validate=validate)(fn)
+        if loading is not None:
+            loading[1].append((name, fn, tuple(extra_info_keys), validate))
+        return fn
+
+    return decorator
