@@ -3,7 +3,7 @@
     python benchmarks/reward_throughput.py [--quick] [--json results.json] [--profile]
 
 medverl is called exactly as verl calls it: through ``verl.trainer.ppo.reward.get_custom_reward_fn`` loaded from the
-reward section of ``recipes/grpo_rewards.yaml`` (so the recipe's reward_kwargs are merged into every call), with
+reward section of the recipes (``recipes/common/rewards.yaml``) (so the recipe's reward_kwargs are merged into every call), with
 keyword arguments only and a fresh ``extra_info`` per row. The baseline is
 ``verl.utils.reward_score.geo3k.compute_score(predict_str, ground_truth)`` on the same strings.
 
@@ -38,7 +38,7 @@ from verl.utils.reward_score import geo3k
 QUERY_TYPES = ("multiple_choice", "yes_no", "jaccard", "exact_match")
 GROUP_SIZE = 8  # responses per prompt, as in a GRPO rollout
 LETTERS = "ABCDEFGHIJ"
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "grpo_rewards.yaml"
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "common" / "rewards.yaml"
 MC_TARGET, RATIO_TARGET, LATENCY_TARGET_S = 200_000.0, 1.0, 0.010
 
 DIAGNOSES = [

@@ -1,10 +1,13 @@
 """Free-text and yes/no rewards, normalisation and ground-truth parsing."""
 
+import unicodedata
+
 import numpy as np
 import pytest
 
 from medverl.rewards import InvalidReference, normalize, parse_ground_truth, tokens, yes_no_polarity
 from medverl.rewards.match import exact_match, jaccard, validate_text_reference
+from medverl.rewards.text import is_blank
 from medverl.rewards.yes_no import validate_yes_no_reference, yes_no
 
 
@@ -147,3 +150,19 @@ def test_parse_ground_truth(ground_truth: object, expected: tuple) -> None:
 def test_empty_or_untyped_ground_truth_is_a_data_error(ground_truth: object) -> None:
     with pytest.raises(InvalidReference):
         parse_ground_truth(ground_truth)
+
+
+def test_long_combining_runs_are_cut_to_the_stream_safe_limit() -> None:
+    marks = "".join(chr(0x300 + (i % 3) * 0x10) for i in range(5000))  # mixed classes, out of canonical order
+    assert normalize("e" + marks) == normalize("e" + marks[:30])
+    assert normalize("e\u0301") == "\u00e9"  # real text is untouched
+
+
+def test_nfkc_expansion_is_bounded() -> None:
+    assert normalize("\ufdfa") == unicodedata.normalize("NFKC", "\ufdfa").casefold()  # one ligature: kept whole
+    assert len(normalize("\ufdfa" * 1000)) <= 3 * 1000 + 64
+
+
+@pytest.mark.parametrize(("text", "blank"), [("", True), (" \u200b\n\ufeff", True), ("\u200b a", False), ("x" + " " * 10**6, False)])
+def test_is_blank(text: str, blank: bool) -> None:
+    assert is_blank(text) is blank

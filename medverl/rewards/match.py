@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from medverl.rewards.registry import InvalidReference, Verdict, register
-from medverl.rewards.text import normalize, tokens
+from medverl.rewards.text import normalize, normalized_tokens, tokens
 
 
 def jaccard_similarity(a: frozenset[str], b: frozenset[str]) -> float:
@@ -30,11 +30,12 @@ def jaccard(answer: str, golds: tuple[str, ...]) -> Verdict:
     >>> jaccard("Left lower lobe", ("left lobe",)).acc
     0.6666666666666666
     """
-    pred = tokens(answer)
+    normalized = normalize(answer)
+    pred = normalized_tokens(normalized)
     if not pred:
         return Verdict(0.0, reason="answer has no words")
     acc = max(jaccard_similarity(pred, tokens(gold)) for gold in golds)
-    return Verdict(acc, pred=normalize(answer), reason="" if acc == 1.0 else "partial overlap" if acc else "no overlap")
+    return Verdict(acc, pred=normalized, reason="" if acc == 1.0 else "partial overlap" if acc else "no overlap")
 
 
 @register("exact_match", validate=validate_text_reference)

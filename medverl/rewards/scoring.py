@@ -56,7 +56,11 @@ class RewardOptions:
         if not kwargs:
             return _DEFAULT_OPTIONS
         last_kwargs, last = _last_options
-        if kwargs == last_kwargs:  # verl passes the same reward_kwargs for every sample
+        # verl passes the same reward_kwargs values for every sample: compare by identity first (comparing an
+        # OmegaConf ListConfig by value costs tens of microseconds).
+        if len(kwargs) == len(last_kwargs) and all(last_kwargs.get(k, _MISSING) is v for k, v in kwargs.items()):
+            return last
+        if kwargs == last_kwargs:
             return last
         # Hydra passes lists as ListConfig: tuples make the items hashable for the cache.
         items = tuple(sorted((k, _hashable(v)) for k, v in kwargs.items() if k not in _VERL_KWARGS))
@@ -91,6 +95,7 @@ def _options_from_items(items: tuple[tuple[str, object], ...]) -> RewardOptions:
 
 
 _DEFAULT_OPTIONS = RewardOptions()
+_MISSING = object()
 _last_options: tuple[dict, RewardOptions] = ({}, _DEFAULT_OPTIONS)
 
 

@@ -16,8 +16,14 @@ _EDGE_PUNCTUATION = (
     "\u2026\u00b7"  # … ·
 )
 # Invisible format characters a model can emit around an answer (zero-width space/joiners, BOM, soft hyphen).
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
-STRIP_CHARS = _EDGE_PUNCTUATION + "".join(map(chr, _INVISIBLE))
+_INVISIBLE_CHARS = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
+STRIP_CHARS = _EDGE_PUNCTUATION + _INVISIBLE_CHARS
+_NOT_BLANK = re.compile("[^\\s\u200b\u200c\u200d\u2060\ufeff\u00ad]")
+# Unicode's stream-safe text format: at most 30 combining marks in a row. Longer runs (never seen in real text)
+# make NFKC's canonical reordering quadratic.
+_MAX_COMBINING_RUN = 30
+# NFKC can expand a character 18-fold (U+FDFA); text that grows more than this is cut, bounding the work on it.
+_MAX_EXPANSION = 3
 
 # Han ideographs (with extension A and compatibility), kana and Hangul syllables: one token per character.
 _CJK_RANGES = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u309f\u30a0-\u30ff\uac00-\ud7af"
@@ -30,13 +36,25 @@ def normalize(text: str) -> str:
     'pleural effusion'
     """
     if not text.isascii():
-        text = unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
+        text = _combining_runs().sub(lambda m: m.group()[:_MAX_COMBINING_RUN], text)
+        limit = _MAX_EXPANSION * len(text) + 64
+        text = unicodedata.normalize("NFKC", text)[:limit]
+        for char in _INVISIBLE_CHARS:  # str.replace: translate() with a dict is slow on long non-ASCII text
+            if char in text:
+                text = text.replace(char, "")
     return " ".join(text.casefold().split()).strip(STRIP_CHARS)
 
 
 def is_blank(text: str) -> bool:
-    """True when `text` holds nothing but whitespace and invisible format characters."""
-    return not text.translate(_INVISIBLE).strip()
+    """True when `text` holds nothing but whitespace and invisible format characters (stops at the first other)."""
+    return _NOT_BLANK.search(text) is None
+
+
+@functools.cache
+def _combining_runs() -> re.Pattern[str]:
+    # Built on first use: every character with a non-zero canonical combining class.
+    marks = "".join(re.escape(chr(cp)) for cp in range(0x110000) if unicodedata.combining(chr(cp)))
+    return re.compile(f"[{marks}]{{{_MAX_COMBINING_RUN + 1},}}")
 
 
 @functools.cache
@@ -48,11 +66,16 @@ def _token_pattern() -> re.Pattern[str]:
 
 
 def tokens(text: str) -> frozenset[str]:
-    """Token set of `text` after :func:`normalize`: punctuation removed, each CJK character one token.
+    """Token set of `text` after :func:`normalize` (see :func:`normalized_tokens`).
 
     >>> sorted(tokens("Left lower-lobe pneumonia."))
     ['left', 'lobe', 'lower', 'pneumonia']
     >>> sorted(tokens("右肺炎"))
     ['右', '炎', '肺']
     """
-    return frozenset(_token_pattern().findall(normalize(text)))
+    return normalized_tokens(normalize(text))
+
+
+def normalized_tokens(normalized: str) -> frozenset[str]:
+    """Token set of text already :func:`normalize`-d: punctuation removed, each CJK character one token."""
+    return frozenset(_token_pattern().findall(normalized))
