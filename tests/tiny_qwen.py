@@ -110,6 +110,10 @@ def save_tiny_processor(directory: str | Path, *, qwen3: bool = False) -> Path:
         "num_key_value_heads": 2,
         "pad_token_id": token_id("<|endoftext|>"),
     }
+    vision_config = {
+        "depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "patch_size": patch_size,
+        "out_hidden_size": 64,
+    }
     if qwen3:
         from transformers import Qwen3VLConfig, Qwen3VLProcessor
         from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
@@ -127,16 +131,7 @@ def save_tiny_processor(directory: str | Path, *, qwen3: bool = False) -> Path:
                     "mrope_interleaved": True,
                 },
             },
-            vision_config={
-                "depth": 2,
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_heads": 2,
-                "patch_size": patch_size,
-                "out_hidden_size": 64,
-                "num_position_embeddings": 256,
-                "deepstack_visual_indexes": [1],
-            },
+            vision_config={**vision_config, "num_position_embeddings": 256, "deepstack_visual_indexes": [1]},
             **token_ids,
         )
     else:
@@ -152,16 +147,7 @@ def save_tiny_processor(directory: str | Path, *, qwen3: bool = False) -> Path:
                 "eos_token_id": token_id("<|im_end|>"),
                 "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
             },
-            vision_config={
-                "depth": 2,
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "num_heads": 2,
-                "patch_size": patch_size,
-                "out_hidden_size": 64,
-                "window_size": 112,
-                "fullatt_block_indexes": [1],
-            },
+            vision_config={**vision_config, "window_size": 112, "fullatt_block_indexes": [1]},
             **token_ids,
         )
     processor = processor_cls(
