@@ -39,6 +39,7 @@ RL_BAD = [
     ({"answer": "yes", "query_type": "yes_no"}, "missing_field"),
     ({"question": "  ", "answer": "yes", "query_type": "yes_no"}, "missing_field"),
     ({"question": "q", "query_type": "yes_no"}, "missing_field"),
+    ({"question": "q", "answer": "yes", "query_type": "yes_no", "meta": ["closed"]}, "bad_field"),  # meta is an object
     ({"question": "q", "answer": "", "query_type": "yes_no"}, "empty_ground_truth"),
     ({"question": "q", "answer": [" "], "query_type": "yes_no"}, "empty_ground_truth"),
     ({"question": "q", "answer": "yes", "query_type": "yesno"}, "unknown_query_type"),
@@ -72,6 +73,7 @@ def test_rl_row(images: Path) -> None:
         "question": "Which finding?", "answer": ["B", "Lobar pneumonia"], "query_type": "multiple_choice",
         "options": ["Pulmonary edema", "Lobar pneumonia"], "images": ["cxr.png", "ct.dcm"],
         "data_source": "pmc_vqa", "system_prompt": "You are a radiologist.", "split": "test",
+        "meta": {"modality": "CT", "language": "en"},
     }
     row = convert_rl(record, 7, "t.jsonl:3", options(images, max_pixels=50176))
     assert row["data_source"] == "pmc_vqa" and row["ability"] == "medical_vqa"
@@ -83,6 +85,7 @@ def test_rl_row(images: Path) -> None:
     assert row["extra_info"] == {
         "split": "test", "index": 7, "query_type": "multiple_choice", "options": record["options"],
         "question": "Which finding?", "source": "t.jsonl:3", "image_meta": row["extra_info"]["image_meta"],
+        "meta": '{"language": "en", "modality": "CT"}',
     }
     png = (images / "cxr.png").read_bytes()
     assert row["images"][0] == {"bytes": png, "path": str(images / "cxr.png"), "max_pixels": 50176}  # bytes kept

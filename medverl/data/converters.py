@@ -162,6 +162,20 @@ def _parse_record_options(value: object) -> list[str]:
     return list(value)
 
 
+def _meta(value: object) -> str:
+    """A record's ``meta`` object (or its JSON string) as canonical JSON."""
+    if value is None or value == "":
+        return "{}"
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            value = None
+    if not isinstance(value, Mapping):
+        raise _fail("bad_field", "meta must be an object of facts about the record (or its JSON string)")
+    return json.dumps(dict(value), ensure_ascii=False, sort_keys=True, default=str)
+
+
 def _ground_truth(answer: object) -> str:
     if isinstance(answer, str):
         if not answer.strip():
@@ -195,6 +209,7 @@ def convert_rl(record: Mapping, index: int, source: str, options: PrepOptions) -
         "options": choices or None,
         "question": question,
         "source": source,
+        "meta": _meta(record.get("meta")),
     }
     _check_rl_reference(ground_truth, extra_info, options)
 
@@ -237,6 +252,7 @@ def _convert_verl_rl(record: Mapping, index: int, source: str, options: PrepOpti
         "options": choices or None,
         "question": str(given.get("question") or ""),
         "source": source,
+        "meta": _meta(given.get("meta")),
     }
     _check_rl_reference(ground_truth, extra_info, options)
     images, image_meta = _load_images(_image_list(record.get("images")), options)

@@ -7,7 +7,7 @@ RL (verl's ``RLHFDataset``, the seed's RLVR format)::
     images       list<image>                    in placeholder order; [] for text-only rows
     ability      string
     reward_model {style: "rule", ground_truth}  ground_truth is one string; several answers are a JSON list
-    extra_info   {split, index, query_type, options, question, source, image_meta}
+    extra_info   {split, index, query_type, options, question, source, image_meta, meta}
 
 SFT (verl's ``MultiTurnSFTDataset``)::
 
@@ -26,14 +26,15 @@ CPT (medverl's own, for captions and interleaved documents; every text segment i
 ``image`` is ``{bytes, path}`` (verl's layout), plus ``max_pixels`` / ``min_pixels`` when a job sets them:
 verl forwards extra keys of an image dict to ``qwen_vl_utils.fetch_image``, so the resolution of a stage is a
 property of its parquet, with no re-encoding. ``image_meta`` is a JSON list, one object per image (DICOM window,
-modality, conversions), "[]" when there is nothing to say.
+modality, conversions), "[]" when there is nothing to say. RL ``meta`` is the record's own ``meta`` object as JSON
+("{}" when none): what evaluation groups scores by (answer type, language, question type, modality).
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KINDS = ("rl", "sft", "cpt")
 RESOLUTION_KEYS = ("max_pixels", "min_pixels")
 
@@ -66,6 +67,7 @@ def rl_schema(resolution_keys: tuple[str, ...] = ()) -> pa.Schema:
             ("question", pa.string()),
             ("source", pa.string()),
             ("image_meta", pa.string()),
+            ("meta", pa.string()),
         ]
     )
     return pa.schema(
