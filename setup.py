@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "pillow",
     "pydicom>=3.0",
     "pyyaml",
+    "matplotlib",
     # parts of verl that medverl's CPU paths import (datasets, reward loop)
     "qwen_vl_utils",
     "cachetools",

@@ -180,6 +180,58 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_eval_prepare(args: argparse.Namespace) -> int:
+    from medverl.eval.prepare import prepare
+
+    manifest = prepare(args.benchmark, args.source, args.output, max_pixels=args.max_pixels, template=args.template,
+                       workers=args.workers)
+    print(f"{args.benchmark}: read {manifest['read']}, written {manifest['written']}, rejected {manifest['rejected']}"
+          f" -> {args.output}")
+    for code, count in manifest["rejected_by_reason"].items():
+        print(f"  {code}: {count}")
+    return 0
+
+
+def _cmd_eval_run(args: argparse.Namespace) -> int:
+    from medverl.eval.run import generate
+
+    n = generate(args.model, args.data, args.output, max_tokens=args.max_tokens,
+                 tensor_parallel_size=args.tensor_parallel_size)
+    print(f"{n} predictions -> {args.output}")
+    return 0
+
+
+def _cmd_eval_score(args: argparse.Namespace) -> int:
+    from medverl.eval.score import PredictionError, load_predictions, load_rows, score_predictions, write_report
+
+    rows = load_rows(args.data)
+    runs = {}
+    for spec in args.run:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            print(f"medverl eval score: --run takes NAME=PREDICTIONS.jsonl, got {spec!r}", file=sys.stderr)
+            return 2
+        try:
+            runs[name] = score_predictions(rows, load_predictions(path), name, compat=args.compat)
+        except PredictionError as exc:
+            print(f"medverl eval score: {exc}", file=sys.stderr)
+            return 1
+    write_report(runs, args.output)
+    print((Path(args.output) / "report.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def _cmd_eval_decontaminate(args: argparse.Namespace) -> int:
+    from medverl.eval.decontaminate import decontaminate
+
+    result = decontaminate(args.train, args.against, args.drop)
+    for (shard, index), reasons in sorted(result.matches.items()):
+        print(f"{shard} index {index}: {'; '.join(reasons)}")
+    action = f"; clean rows -> {args.drop}" if args.drop else " (--drop DIR writes the clean rows)"
+    print(f"{len(result.matches)} of {result.read} training rows found in the evaluation sets{action}")
+    return 0
+
+
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     from medverl.pipeline import Pipeline, PipelineError, run_pipeline
 
@@ -282,6 +334,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dicom.add_argument("--pixel-limit", type=int, default=8192 * 8192, help="reject larger images")
     dicom.set_defaults(func=_cmd_dicom)
+
+    evaluation = sub.add_parser("eval", help="medical benchmarks: prepare, generate, score, decontaminate")
+    eval_sub = evaluation.add_subparsers(dest="eval_command", required=True)
+    eval_prepare = eval_sub.add_parser("prepare", help="a benchmark's public distribution to RL parquet")
+    eval_prepare.add_argument("benchmark", choices=["mmmu_hm", "vqa_rad", "slake", "path_vqa", "pmc_vqa",
+                                                    "omnimedvqa", "medxpertqa_mm"])
+    eval_prepare.add_argument("--source", required=True, help="the downloaded distribution's directory")
+    eval_prepare.add_argument("--output", required=True)
+    eval_prepare.add_argument("--max-pixels", type=int, help="written into every image dict (as in training)")
+    eval_prepare.add_argument("--template", default="think_answer", help="the prompt template training used")
+    eval_prepare.add_argument("--workers", type=int, default=1)
+    eval_prepare.set_defaults(func=_cmd_eval_prepare)
+    eval_run = eval_sub.add_parser("run", help="generate answers with vLLM (GPU)")
+    eval_run.add_argument("--model", required=True)
+    eval_run.add_argument("--data", nargs="+", required=True, help="prepared benchmark directories")
+    eval_run.add_argument("--output", required=True, help="predictions JSONL")
+    eval_run.add_argument("--max-tokens", type=int, default=2048)
+    eval_run.add_argument("--tensor-parallel-size", type=int, default=1)
+    eval_run.set_defaults(func=_cmd_eval_run)
+    eval_score = eval_sub.add_parser("score", help="score predictions; the seed's table, per-sample JSONL, a chart")
+    eval_score.add_argument("--data", nargs="+", required=True, help="prepared benchmark directories")
+    eval_score.add_argument("--run", action="append", required=True, metavar="NAME=PREDICTIONS.jsonl",
+                            help="a model's predictions ({data_source, index, response} per line); repeat per model")
+    eval_score.add_argument("--output", required=True, help="directory for report.md, table.csv, table.png, ...")
+    eval_score.add_argument("--compat", choices=["medevalkit"], help="the common harness's rules, for comparison")
+    eval_score.set_defaults(func=_cmd_eval_score)
+    eval_decon = eval_sub.add_parser("decontaminate", help="training rows whose image or question is in an eval set")
+    eval_decon.add_argument("train", help="a medverl prep output directory")
+    eval_decon.add_argument("--against", nargs="+", required=True, help="prepared evaluation directories")
+    eval_decon.add_argument("--drop", metavar="DIR", help="write the clean rows here, the dropped ones to rejects")
+    eval_decon.set_defaults(func=_cmd_eval_decontaminate)
 
     pipeline = sub.add_parser("pipeline", help="run CPT, SFT and GRPO stages in order from a pipeline file; resumable")
     pipeline.add_argument("config", help="pipeline YAML (see recipes/pipelines/)")

@@ -1,0 +1,66 @@
+"""`medverl eval run`: generate answers for prepared benchmarks with vLLM's offline engine (GPU, ``.[train]``).
+
+The prompts are the parquet's own (the training template); each ``<image>`` placeholder becomes the row's image, as
+a data URI, in OpenAI chat format. Writes the predictions JSONL that ``medverl eval score`` reads.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+def _data_uri(data: bytes) -> str:
+    kind = "jpeg" if data[:3] == b"\xff\xd8\xff" else "png"
+    return f"data:image/{kind};base64,{base64.b64encode(data).decode()}"
+
+
+def chat_messages(row: dict) -> list[dict]:
+    """The row's prompt as OpenAI chat messages, each ``<image>`` replaced by its image in order."""
+    images = iter(row.get("images") or [])
+    messages = []
+    for message in row["prompt"]:
+        parts = []
+        for i, text in enumerate(message["content"].split("<image>")):
+            if i:
+                parts.append({"type": "image_url", "image_url": {"url": _data_uri(next(images)["bytes"])}})
+            if text:
+                parts.append({"type": "text", "text": text})
+        messages.append({"role": message["role"], "content": parts})
+    if next(images, None) is not None:
+        raise ValueError(f"row {row['extra_info']['index']} of {row['data_source']} has more images than placeholders")
+    return messages
+
+
+def generate(
+    model: str, data_dirs: list[str | Path], output: str | Path, *, max_tokens: int = 2048,
+    tensor_parallel_size: int = 1, batch_size: int = 64,
+) -> int:
+    """Greedy answers for every row of `data_dirs`; returns the number written to `output`."""
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError as exc:
+        raise ImportError(f"medverl eval run needs vLLM (pip install -e '.[train]' on a GPU machine): {exc}") from exc
+    rows = [row for d in data_dirs for shard in sorted(Path(d).glob("part-*.parquet"))
+            for row in pq.read_table(shard).to_pylist()]
+    if not rows:
+        raise FileNotFoundError(f"no part-*.parquet rows in {', '.join(map(str, data_dirs))}")
+    most_images = max(len(r.get("images") or []) for r in rows)
+    llm = LLM(model=model, tensor_parallel_size=tensor_parallel_size, limit_mm_per_prompt={"image": max(most_images, 1)})
+    sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+    with Path(output).open("w", encoding="utf-8") as f:
+        for start in tqdm(range(0, len(rows), batch_size), desc="eval run", unit=" batches"):
+            batch = rows[start : start + batch_size]
+            outputs = llm.chat([chat_messages(r) for r in batch], sampling, use_tqdm=False)
+            for row, out in zip(batch, outputs, strict=True):
+                f.write(json.dumps({"data_source": row["data_source"], "index": row["extra_info"]["index"],
+                                    "response": out.outputs[0].text}, ensure_ascii=False) + "\n")
+    logger.info("wrote %d predictions to %s", len(rows), output)
+    return len(rows)
