@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -232,6 +233,48 @@ def _cmd_eval_decontaminate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_qc_score(args: argparse.Namespace) -> int:
+    from medverl.qc.job import QCJob, run_qc
+    from medverl.qc.judge import JudgeConfig
+
+    judge = None
+    if args.scorer == "judge":
+        if not args.judge_url or not args.judge_model:
+            print("medverl qc score: --scorer judge needs --judge-url and --judge-model", file=sys.stderr)
+            return 2
+        judge = JudgeConfig(args.judge_url, args.judge_model, api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
+                            concurrency=args.concurrency, timeout_s=args.timeout, retries=args.retries)
+    job = QCJob(args.kind, tuple(args.inputs), Path(args.output), args.scorer, args.image_root, args.subset_key, judge)
+    try:
+        manifest = run_qc(job, resume=args.resume)
+    except FileExistsError as exc:
+        print(f"medverl qc score: {exc}", file=sys.stderr)
+        return 2
+    print(f"read {manifest['read']}, scored {manifest['scored']}, judge failures {manifest['judge_failed']}, "
+          f"rejected {manifest['rejected']} -> {args.output}")
+    return 0
+
+
+def _cmd_qc_filter(args: argparse.Namespace) -> int:
+    from medverl.qc.filter import filter_scores, parse_thresholds
+
+    manifest = filter_scores(args.scores, args.output, parse_thresholds(args.min), args.subset_min)
+    print(f"read {manifest['read']}, kept {manifest['kept']}, dropped {manifest['dropped']} "
+          f"{manifest['dropped_by_reason']} -> {args.output}/kept.jsonl")
+    return 0
+
+
+def _cmd_qc_report(args: argparse.Namespace) -> int:
+    from medverl.qc.report import write_report
+
+    result = write_report(args.scores, args.output, labels=args.labels, threshold=args.threshold)
+    print(f"report -> {Path(args.output) / 'report.html'}; sample for reviewers -> "
+          f"{Path(args.output) / 'review_sample.jsonl'}")
+    if result:
+        print(f"agreement with reviewers: {result['agree']}/{result['labelled']} ({100 * result['agreement']:.0f}%)")
+    return 0
+
+
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     from medverl.pipeline import Pipeline, PipelineError, run_pipeline
 
@@ -365,6 +408,35 @@ def build_parser() -> argparse.ArgumentParser:
     eval_decon.add_argument("--against", nargs="+", required=True, help="prepared evaluation directories")
     eval_decon.add_argument("--drop", metavar="DIR", help="write the clean rows here, the dropped ones to rejects")
     eval_decon.set_defaults(func=_cmd_eval_decontaminate)
+
+    qc = sub.add_parser("qc", help="data quality: five-dimension scores, filtering, a review report")
+    qc_sub = qc.add_subparsers(dest="qc_command", required=True)
+    qc_score = qc_sub.add_parser("score", help="score every record on the five dimensions")
+    qc_score.add_argument("kind", choices=["caption", "interleaved", "sft", "rl"])
+    qc_score.add_argument("inputs", nargs="+", help="the records medverl prep reads (.jsonl, .json, .parquet)")
+    qc_score.add_argument("--output", required=True)
+    qc_score.add_argument("--scorer", choices=["rules", "judge"], default="rules")
+    qc_score.add_argument("--image-root")
+    qc_score.add_argument("--subset-key", default="data_source", help="record field that names its subset")
+    qc_score.add_argument("--judge-url", help="OpenAI-compatible base URL, e.g. http://host:8000/v1")
+    qc_score.add_argument("--judge-model", help="the served model's name")
+    qc_score.add_argument("--concurrency", type=int, default=8, help="judge calls at a time")
+    qc_score.add_argument("--timeout", type=float, default=120.0, help="seconds per judge call")
+    qc_score.add_argument("--retries", type=int, default=3, help="judge retries per record, with backoff")
+    qc_score.add_argument("--resume", action="store_true")
+    qc_score.set_defaults(func=_cmd_qc_score)
+    qc_filter = qc_sub.add_parser("filter", help="drop records and whole subsets below thresholds")
+    qc_filter.add_argument("scores", help="a medverl qc score output directory")
+    qc_filter.add_argument("--output", required=True)
+    qc_filter.add_argument("--min", action="append", default=[], metavar="DIMENSION=VALUE")
+    qc_filter.add_argument("--subset-min", type=float, help="drop every subset whose mean score is lower")
+    qc_filter.set_defaults(func=_cmd_qc_filter)
+    qc_report = qc_sub.add_parser("report", help="an HTML page for reviewers, and their agreement with the scorer")
+    qc_report.add_argument("scores", help="a medverl qc score output directory")
+    qc_report.add_argument("--output", required=True)
+    qc_report.add_argument("--labels", help="review_sample.jsonl with human_pass filled in")
+    qc_report.add_argument("--threshold", type=float, default=0.5, help="mean score that counts as a pass")
+    qc_report.set_defaults(func=_cmd_qc_report)
 
     pipeline = sub.add_parser("pipeline", help="run CPT, SFT and GRPO stages in order from a pipeline file; resumable")
     pipeline.add_argument("config", help="pipeline YAML (see recipes/pipelines/)")

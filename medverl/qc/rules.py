@@ -1,0 +1,150 @@
+"""The `rules` quality scorer: named CPU checks of a record's images and text, folded into the five dimensions.
+
+Dimensions are scores in [0, 1] (the seeds' five-dimensional assessment). The rules cannot judge medical
+correctness, so they leave it None (the judge scores it); each other dimension starts at 1 and every failed check
+named below lowers the dimensions it bears on:
+
+| check | what fails it | lowers |
+|---|---|---|
+| image_unreadable | the image does not decode | relevance, practicality |
+| image_small | shortest side under 64 pixels | practicality |
+| image_blank | near-uniform (grey-level spread under 3 on a thumbnail) | relevance, practicality |
+| image_aspect | longer side over 8x the shorter | practicality |
+| image_duplicate | the same image bytes as an earlier record of the job | practicality |
+| text_short | under 4 words (2 CJK characters count as a word) | completeness, fluency |
+| text_repetitive | under 50% distinct word 3-grams | fluency |
+| text_noisy | over 30% of characters neither letters, digits, spaces nor punctuation | fluency |
+| text_truncated | the last sentence does not end | fluency, completeness |
+| report_no_impression | a report with findings but no impression/conclusion | completeness |
+| modality_mismatch | a colour modality named (fundus, H&E, dermoscopy) for a greyscale image, or a greyscale one (CT, MRI, X-ray) for a colour image | relevance |
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from medverl.data.images import ImageError, load_image
+
+DIMENSIONS = ("medical_correctness", "fluency", "relevance", "completeness", "practicality")
+PENALTY = 0.5
+CHECKS: dict[str, tuple[str, ...]] = {
+    "image_unreadable": ("relevance", "practicality"),
+    "image_small": ("practicality",),
+    "image_blank": ("relevance", "practicality"),
+    "image_aspect": ("practicality",),
+    "image_duplicate": ("practicality",),
+    "text_short": ("completeness", "fluency"),
+    "text_repetitive": ("fluency",),
+    "text_noisy": ("fluency",),
+    "text_truncated": ("fluency", "completeness"),
+    "report_no_impression": ("completeness",),
+    "modality_mismatch": ("relevance",),
+}
+_WORD = re.compile(r"[^\W\d_]+|\d+", re.UNICODE)
+_CJK = re.compile(r"[\u3400-\u9fff]")
+# What medical text uses besides letters and digits; any other character counts as noise.
+_PUNCTUATION = frozenset(".,;:!?'\"()[]{}-/%°+<>=±×µ·–—…’‘“”。，、；：！？（）【】《》「」")
+_END = re.compile(r"[.!?。！？:)\]\"'”’…]\s*$")
+_COLOUR_MODALITIES = re.compile(r"\b(fundus|h\s*&\s*e|hematoxylin|haematoxylin|dermoscop\w*|endoscop\w*|photograph)", re.I)
+_GREY_MODALITIES = re.compile(r"\b(ct|computed tomography|mri|magnetic resonance|x-?ray|radiograph\w*|ultrasound)\b", re.I)
+
+
+@dataclass
+class Checked:
+    """One record's rule outcome: dimension scores, the failed checks and a short rationale."""
+
+    scores: dict[str, float | None]
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def rationale(self) -> str:
+        return "all checks pass" if not self.failed else "failed: " + ", ".join(self.failed)
+
+
+def _words(text: str) -> list[str]:
+    words = _WORD.findall(text.lower())
+    cjk = len(_CJK.findall(text))
+    return words + ["#"] * (cjk // 2)
+
+
+def text_checks(text: str) -> list[str]:
+    """The text checks `text` fails."""
+    failed = []
+    words = _words(text)
+    if len(words) < 4:
+        failed.append("text_short")
+    grams = list(zip(words, words[1:], words[2:], strict=False))
+    if len(grams) >= 6 and len(set(grams)) / len(grams) < 0.5:
+        failed.append("text_repetitive")
+    stripped = [c for c in text if not c.isspace()]
+    if stripped and sum(1 for c in stripped if not (c.isalnum() or c in _PUNCTUATION)) / len(stripped) > 0.3:
+        failed.append("text_noisy")
+    if text.strip() and not _END.search(text.strip()) and not _CJK.search(text.strip()[-1:]):
+        failed.append("text_truncated")
+    low = text.lower()
+    if "findings" in low and not any(w in low for w in ("impression", "conclusion", "diagnosis")):
+        failed.append("report_no_impression")
+    return failed
+
+
+@dataclass
+class ImageFacts:
+    """What the image checks saw: the failures, whether it is greyscale, a small PNG thumbnail, the image bytes
+    and their SHA-256 (empty when it does not decode)."""
+
+    failed: list[str]
+    grey: bool | None
+    thumbnail: bytes
+    data: bytes = b""
+    digest: str = ""
+
+
+def image_checks(reference: object, image_root, seen: set[str]) -> ImageFacts:
+    """The image checks one image reference fails; `seen` holds the content hashes of earlier images."""
+    try:
+        loaded = load_image(reference, image_root)
+    except ImageError:
+        return ImageFacts(["image_unreadable"], None, b"")
+    failed = []
+    digest = hashlib.sha256(loaded.data).hexdigest()
+    if digest in seen:
+        failed.append("image_duplicate")
+    seen.add(digest)
+    if min(loaded.width, loaded.height) < 64:
+        failed.append("image_small")
+    if max(loaded.width, loaded.height) > 8 * min(loaded.width, loaded.height):
+        failed.append("image_aspect")
+    image = Image.open(io.BytesIO(loaded.data))
+    image.draft("RGB", (128, 128))
+    thumb = image.convert("RGB")
+    thumb.thumbnail((128, 128))
+    pixels = np.asarray(thumb, dtype=np.float32)
+    if float(pixels.mean(axis=2).std()) < 3.0:
+        failed.append("image_blank")
+    grey = float(np.abs(pixels - pixels.mean(axis=2, keepdims=True)).mean()) < 4.0
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="PNG")
+    return ImageFacts(failed, grey, buffer.getvalue(), loaded.data, digest)
+
+
+def score_rules(text: str, image_facts: list[ImageFacts]) -> Checked:
+    """Fold the failed checks of a record's text and images into the five dimensions."""
+    failed = [c for facts in image_facts for c in facts.failed] + text_checks(text)
+    greys = [f.grey for f in image_facts if f.grey is not None]
+    if greys and all(greys) and _COLOUR_MODALITIES.search(text):
+        failed.append("modality_mismatch")
+    elif greys and not any(greys) and _GREY_MODALITIES.search(text):
+        failed.append("modality_mismatch")
+    failed = list(dict.fromkeys(failed))
+    scores: dict[str, float | None] = {d: 1.0 for d in DIMENSIONS}
+    scores["medical_correctness"] = None
+    for check in failed:
+        for dimension in CHECKS[check]:
+            scores[dimension] = scores[dimension] * PENALTY
+    return Checked(scores, failed)
