@@ -17,7 +17,7 @@ from pydicom.data import get_testdata_file
 from medverl.cli import main
 from medverl.data.dicom import dicom_to_png
 from medverl.qc.judge import JudgeReplyError, parse_verdict
-from medverl.qc.rules import image_checks, score_rules, text_checks
+from medverl.qc.rules import image_checks, mark_duplicates, score_rules, text_checks
 
 GOOD_REPORT = "Findings: the lungs are clear, no effusion. Impression: normal chest radiograph."
 
@@ -51,13 +51,15 @@ def images(tmp_path: Path) -> Path:
     ],
 )
 def test_image_checks(images: Path, name: str, failed: list[str]) -> None:
-    assert sorted(image_checks(name, images, set()).failed) == sorted(failed)
+    assert sorted(image_checks(name, images).failed) == sorted(failed)
 
 
 def test_duplicates_by_content(images: Path) -> None:
     seen: set[str] = set()
-    assert image_checks("ct.png", images, seen).failed == []
-    assert image_checks("ct_copy.png", images, seen).failed == ["image_duplicate"]
+    first, second = image_checks("ct.png", images), image_checks("ct_copy.png", images)
+    mark_duplicates([first], seen)
+    mark_duplicates([second], seen)
+    assert first.failed == [] and second.failed == ["image_duplicate"]
 
 
 @pytest.mark.parametrize(
@@ -77,8 +79,8 @@ def test_text_checks(text: str, failed: list[str]) -> None:
 
 
 def test_dimensions_and_modality_relevance(images: Path) -> None:
-    grey = image_checks("mr.png", images, set())
-    colour = image_checks("fundus.png", images, set())
+    grey = image_checks("mr.png", images)
+    colour = image_checks("fundus.png", images)
     checked = score_rules("Fundus photograph of the right eye: sharp optic disc, no haemorrhage.", [grey])
     assert checked.failed == ["modality_mismatch"] and checked.scores["relevance"] == 0.5
     assert checked.scores["medical_correctness"] is None  # the rules leave it to the judge
@@ -211,7 +213,7 @@ def test_report_renders_histograms_and_sample_in_chromium(images: Path, tmp_path
     assert main(["qc", "report", str(tmp_path / "s"), "--output", str(tmp_path / "r"), "--labels",
                  str(tmp_path / "labels.jsonl"), "--threshold", "0.8"]) == 0
     page = (tmp_path / "r" / "report.html").read_text()
-    assert "Agreement with reviewers" in page and "data:image/png;base64," in page
+    assert "Agreement with reviewers" in page and "data:image/jpeg;base64," in page
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                     f"--screenshot={shot}", "--window-size=1400,1600", (tmp_path / "r" / "report.html").as_uri()],

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from medverl.data.records import Record, iter_records
 from medverl.qc.judge import Judge, JudgeConfig, VerdictCache
-from medverl.qc.rules import DIMENSIONS, image_checks, score_rules
+from medverl.qc.rules import DIMENSIONS, image_checks, mark_duplicates, score_rules
 
 MANIFEST, REJECTS = "manifest.json", "rejects.jsonl"
 WINDOW = 500
@@ -127,7 +127,7 @@ def run_qc(job: QCJob, *, resume: bool = False, progress: bool = True) -> dict:
     rejects = (out / REJECTS).open("a", encoding="utf-8")
     reasons = Counter(state["rejected_by_reason"])
     judge = Judge(job.judge, VerdictCache(out / "judge_cache.sqlite")) if job.scorer == "judge" else None
-    pool = ThreadPoolExecutor(job.judge.concurrency) if judge else None
+    pool = ThreadPoolExecutor(job.judge.concurrency if judge else os.cpu_count() or 1)
     bar = tqdm(desc=f"qc {job.scorer}", unit=" records", initial=state["read"], disable=not progress or None)
 
     def write_manifest(complete: bool) -> dict:
@@ -140,7 +140,7 @@ def run_qc(job: QCJob, *, resume: bool = False, progress: bool = True) -> dict:
         os.replace(tmp, manifest_path)
         return manifest
 
-    def prepared(record: Record) -> tuple | None:
+    def readable(record: Record) -> tuple | None:
         if record.error or not isinstance(record.data, dict):
             reject(record, "unreadable", record.error or "a record must be a JSON object")
             return None
@@ -148,8 +148,16 @@ def run_qc(job: QCJob, *, resume: bool = False, progress: bool = True) -> dict:
         if not text.strip():
             reject(record, "no_text", "the record has no text to judge")
             return None
-        facts = [image_checks(ref, Path(job.image_root) if job.image_root else None, seen) for ref in references]
-        return record, text, facts, [f.digest for f in facts if f.digest]
+        return record, text, references
+
+    image_root = Path(job.image_root) if job.image_root else None
+
+    def examine(item: tuple) -> tuple:
+        """Image checks (and the judge's verdict): the slow part, run in threads (PIL and HTTP release the GIL)."""
+        record, text, references = item
+        facts = [image_checks(reference, image_root) for reference in references]
+        outcome = judge.score(text, [f.data for f in facts if f.data]) if judge is not None else None
+        return record, text, facts, outcome
 
     def reject(record: Record, code: str, reason: str) -> None:
         state["rejected"] += 1
@@ -161,16 +169,15 @@ def run_qc(job: QCJob, *, resume: bool = False, progress: bool = True) -> dict:
     try:
         records = _records(job, state["read"])
         while window := [r for _, r in zip(range(WINDOW), records)]:
-            items = [p for p in map(prepared, window) if p is not None]
-            if judge is not None:
-                outcomes = list(pool.map(lambda p: judge.score(p[1], [f.data for f in p[2] if f.data]), items))
+            items = [item for item in map(readable, window) if item is not None]
             rows = []
-            for i, (record, text, facts, hashes) in enumerate(items):
+            for record, text, facts, outcome in pool.map(examine, items):  # in input order
+                mark_duplicates(facts, seen)
                 thumbs = [f.thumbnail for f in facts if f.thumbnail]
-                if judge is None:
+                hashes = [f.digest for f in facts if f.digest]
+                if outcome is None:
                     rows.append(_row(job, record, text, thumbs, hashes, score_rules(text, facts), None, ""))
                 else:
-                    outcome = outcomes[i]
                     rows.append(_row(job, record, text, thumbs, hashes, None, outcome.verdict, outcome.error))
             for row in rows:
                 state["judge_failed" if row["status"] == "judge_failed" else "scored"] += 1
@@ -186,8 +193,8 @@ def run_qc(job: QCJob, *, resume: bool = False, progress: bool = True) -> dict:
     finally:
         bar.close()
         rejects.close()
+        pool.shutdown()
         if judge is not None:
-            pool.shutdown()
             judge.close()
     if state["read"] != state["scored"] + state["judge_failed"] + state["rejected"]:
         raise RuntimeError("internal error: qc accounting does not add up")

@@ -102,7 +102,7 @@ def write_report(scores_dir: str | Path, output: str | Path, *, labels: str | Pa
     )
     sample_rows = "".join(
         "<tr>"
-        + (f'<td><img src="data:image/png;base64,{base64.b64encode(r["thumbnail"]).decode()}" width="96"></td>'
+        + (f'<td><img src="data:image/jpeg;base64,{base64.b64encode(r["thumbnail"]).decode()}" width="96"></td>'
            if r["thumbnail"] else "<td>-</td>")
         + f"<td>{html.escape(r['subset'])}<br><small>{html.escape(r['source'])}</small></td>"
         + f"<td class=text>{html.escape(r['text'][:600])}</td>"
