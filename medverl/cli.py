@@ -258,7 +258,7 @@ def _cmd_qc_score(args: argparse.Namespace) -> int:
 def _cmd_qc_filter(args: argparse.Namespace) -> int:
     from medverl.qc.filter import filter_scores, parse_thresholds
 
-    manifest = filter_scores(args.scores, args.output, parse_thresholds(args.min), args.subset_min)
+    manifest = filter_scores(args.scores, args.output, parse_thresholds(args.min), args.subset_min, args.subset_key)
     print(f"read {manifest['read']}, kept {manifest['kept']}, dropped {manifest['dropped']} "
           f"{manifest['dropped_by_reason']} -> {args.output}/kept.jsonl")
     return 0
@@ -430,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     qc_filter.add_argument("--output", required=True)
     qc_filter.add_argument("--min", action="append", default=[], metavar="DIMENSION=VALUE")
     qc_filter.add_argument("--subset-min", type=float, help="drop every subset whose mean score is lower")
+    qc_filter.add_argument("--subset-key", help="group subsets by this record field (default: the scoring job's)")
     qc_filter.set_defaults(func=_cmd_qc_filter)
     qc_report = qc_sub.add_parser("report", help="an HTML page for reviewers, and their agreement with the scorer")
     qc_report.add_argument("scores", help="a medverl qc score output directory")

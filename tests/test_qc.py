@@ -114,6 +114,10 @@ def test_rules_score_filter_and_accounting(images: Path, tmp_path: Path, capsys)
     filtered = json.loads((tmp_path / "f2" / "manifest.json").read_text())
     assert filtered["read"] == filtered["kept"] + filtered["dropped"] == 4
     assert filtered["dropped_by_reason"] == {"subset_below_threshold": 2} and list(filtered["failing_subsets"]) == ["scraped"]
+    assert main(["qc", "filter", str(out), "--output", str(tmp_path / "f4"), "--subset-min", "0.8",
+                 "--subset-key", "image"]) == 0  # grouped by another field: the blank image's subset fails
+    regrouped = json.loads((tmp_path / "f4" / "manifest.json").read_text())
+    assert regrouped["subset_key"] == "image" and "blank.png" in regrouped["failing_subsets"]
     assert main(["qc", "filter", str(out), "--output", str(tmp_path / "f3"), "--min", "medical_correctness=0.5"]) == 2
     assert "rules scorer leaves medical_correctness to the judge" in capsys.readouterr().err
 

@@ -28,11 +28,18 @@ def parse_thresholds(specs: list[str]) -> dict[str, float]:
 
 def filter_scores(
     scores_dir: str | Path, output: str | Path, thresholds: dict[str, float], subset_min: float | None = None,
+    subset_key: str | None = None,
 ) -> dict:
-    """Apply `thresholds` per record and `subset_min` to each subset's mean score; returns the manifest."""
+    """Apply `thresholds` per record and `subset_min` to each subset's mean score; returns the manifest.
+
+    Subsets are those of the scoring job, or the values of the records' field `subset_key`.
+    """
     rows = [r for shard in sorted(Path(scores_dir).glob("scores-*.parquet")) for r in pq.read_table(shard).to_pylist()]
     if not rows:
         raise FileNotFoundError(f"{scores_dir}: no scores-*.parquet; run medverl qc score first")
+    if subset_key is not None:
+        for r in rows:
+            r["subset"] = str(json.loads(r["record"]).get(subset_key) or "(none)")
     scored = [r for r in rows if r["status"] == "scored"]
     for name in thresholds:
         if scored and all(r[name] is None for r in scored):
@@ -67,7 +74,7 @@ def filter_scores(
             rejects.write(json.dumps({"index": r["index"], "source": r["source"], "code": code, "reason": reason,
                                       "excerpt": r["text"][:200]}, ensure_ascii=False) + "\n")
     manifest = {"read": len(rows), "kept": kept, "dropped": len(rows) - kept, "dropped_by_reason": dict(by_reason),
-                "thresholds": thresholds, "subset_min": subset_min,
+                "thresholds": thresholds, "subset_min": subset_min, "subset_key": subset_key,
                 "failing_subsets": {k: round(v, 4) for k, v in sorted(failing_subsets.items())}}
     if manifest["read"] != manifest["kept"] + manifest["dropped"]:
         raise RuntimeError("internal error: filter accounting does not add up")
