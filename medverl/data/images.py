@@ -238,6 +238,12 @@ def _to_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def data_uri(data: bytes) -> str:
+    """Image bytes as a ``data:`` URI (what OpenAI-compatible chat endpoints take), typed by their signature."""
+    kind = "jpeg" if data[:3] == b"\xff\xd8\xff" else "png"
+    return f"data:image/{kind};base64,{base64.b64encode(data).decode()}"
+
+
 def _is_dicom(data: bytes, path: str) -> bool:
     return data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] == b"DICM" or path.lower().endswith(".dcm")
 

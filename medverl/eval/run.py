@@ -6,7 +6,6 @@ a data URI, in OpenAI chat format. Writes the predictions JSONL that ``medverl e
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from pathlib import Path
@@ -14,12 +13,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from medverl.data.images import data_uri
+
 logger = logging.getLogger(__name__)
-
-
-def _data_uri(data: bytes) -> str:
-    kind = "jpeg" if data[:3] == b"\xff\xd8\xff" else "png"
-    return f"data:image/{kind};base64,{base64.b64encode(data).decode()}"
 
 
 def chat_messages(row: dict) -> list[dict]:
@@ -30,7 +26,7 @@ def chat_messages(row: dict) -> list[dict]:
         parts = []
         for i, text in enumerate(message["content"].split("<image>")):
             if i:
-                parts.append({"type": "image_url", "image_url": {"url": _data_uri(next(images)["bytes"])}})
+                parts.append({"type": "image_url", "image_url": {"url": data_uri(next(images)["bytes"])}})
             if text:
                 parts.append({"type": "text", "text": text})
         messages.append({"role": message["role"], "content": parts})

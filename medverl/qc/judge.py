@@ -9,7 +9,6 @@ the model, so rerunning a job costs no calls.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from medverl.data.images import data_uri
 from medverl.qc.rules import DIMENSIONS
 
 logger = logging.getLogger(__name__)
@@ -30,11 +30,6 @@ RUBRIC_VERSION = "qc_rubric_v1"
 
 def load_rubric(version: str = RUBRIC_VERSION) -> str:
     return (Path(__file__).resolve().parent.parent / "prompts" / f"{version}.txt").read_text(encoding="utf-8")
-
-
-def _data_uri(data: bytes) -> str:
-    kind = "jpeg" if data[:3] == b"\xff\xd8\xff" else "png"
-    return f"data:image/{kind};base64,{base64.b64encode(data).decode()}"
 
 
 class JudgeReplyError(ValueError):
@@ -126,7 +121,7 @@ class Judge:
         key = self.key(text, images)
         if (cached := self.cache.get(key)) is not None:
             return JudgeOutcome(cached, cached=True)
-        content = [{"type": "image_url", "image_url": {"url": _data_uri(i)}} for i in images]
+        content = [{"type": "image_url", "image_url": {"url": data_uri(i)}} for i in images]
         content.append({"type": "text", "text": self.rubric.replace("{text}", text)})
         body = {"model": self.config.model, "temperature": 0, "messages": [{"role": "user", "content": content}]}
         error = ""
