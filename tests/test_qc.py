@@ -226,3 +226,37 @@ def test_report_renders_histograms_and_sample_in_chromium(images: Path, tmp_path
     bars = np.all(pixels == (0xD6, 0x27, 0x28), axis=1).sum()  # histogram bar colour
     header = np.all(pixels == (0x1F, 0x77, 0xB4), axis=1).sum()  # sample table header colour
     assert bars > 500 and header > 500
+
+
+def test_an_interrupted_score_job_resumes_to_the_same_rows(images: Path, tmp_path: Path, monkeypatch) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import medverl.qc.job as job_module
+
+    source = _caption_records(tmp_path / "captions.jsonl", images)
+    monkeypatch.setattr(job_module, "WINDOW", 2)
+    assert main(["qc", "score", "caption", str(source), "--output", str(tmp_path / "whole"), "--image-root",
+                 str(images)]) == 0
+    real, calls = job_module.image_checks, {"n": 0}
+
+    def dies_on_the_third(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(job_module, "image_checks", dies_on_the_third)
+    args = ["qc", "score", "caption", str(source), "--output", str(tmp_path / "cut"), "--image-root", str(images)]
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    assert not json.loads((tmp_path / "cut" / "manifest.json").read_text())["complete"]
+    assert main(args) == 2  # the directory holds a job: resuming must be asked for
+    monkeypatch.setattr(job_module, "image_checks", real)
+    assert main([*args, "--resume"]) == 0
+
+    def table(directory: Path) -> pa.Table:
+        return pa.concat_tables([pq.read_table(p) for p in sorted(directory.glob("scores-*.parquet"))])
+
+    assert table(tmp_path / "cut").to_pylist() == table(tmp_path / "whole").to_pylist()  # duplicates found again too
+    assert (tmp_path / "cut" / "rejects.jsonl").read_text() == (tmp_path / "whole" / "rejects.jsonl").read_text()
