@@ -55,7 +55,8 @@ class Pipeline:
         nnodes, gpus_per_node: the machines every stage uses.
         image_patch_size: 16 for Qwen3-VL, 14 for Qwen2.5-VL (verl's RL dataset needs it).
         recipes: the recipe directory (default: this repository's ``recipes/``).
-        launchers: the command that starts each trainer, ``sft`` and ``ppo`` (default torchrun / python -m).
+        launchers: the command that starts each trainer, ``sft`` and ``ppo`` (default: this Python's torchrun and
+            ``python -m verl.trainer.main_ppo``).
     """
 
     model: str
@@ -186,7 +187,9 @@ class Pipeline:
         return files
 
     def _torchrun(self, environ: dict[str, str]) -> tuple[str, ...]:
-        args = ["torchrun", f"--nnodes={self.nnodes}", f"--nproc_per_node={self.gpus_per_node}"]
+        # torchrun of this interpreter, whether or not its environment is activated
+        args = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={self.nnodes}",
+                f"--nproc_per_node={self.gpus_per_node}"]
         if self.nnodes == 1:
             args.append("--standalone")
         else:

@@ -87,8 +87,9 @@ def test_dry_run_prints_the_exact_commands(workdir: Path, capsys) -> None:
     assert list(commands) == ["cpt", "sft1", "grpo"] and not _calls(workdir)
     output = workdir / "runs" / "test"
     cpt = commands["cpt"]
-    assert cpt[:5] == ["torchrun", "--nnodes=1", "--nproc_per_node=1", "--standalone", "-m"]
-    assert cpt[5] == "verl.trainer.sft_trainer" and cpt[cpt.index("--config-name") + 1] == "cpt"
+    assert cpt[:7] == [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=1",
+                       "--standalone", "-m"]
+    assert cpt[7] == "verl.trainer.sft_trainer" and cpt[cpt.index("--config-name") + 1] == "cpt"
     assert f'data.train_files=["{workdir}/data/cpt/part-00000.parquet"]' in cpt
     assert "model.path=Qwen/Qwen2.5-VL-3B-Instruct" in cpt
     assert f"trainer.default_local_dir={output}/cpt/checkpoints" in cpt
@@ -164,6 +165,6 @@ def test_several_nodes_need_the_rendezvous_environment(workdir: Path) -> None:
     with pytest.raises(PipelineError, match="set NODE_RANK, MASTER_ADDR, MASTER_PORT"):
         pipeline.command(0, environ={})
     command = pipeline.command(0, environ={"NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"})
-    assert command[:6] == ["torchrun", "--nnodes=2", "--nproc_per_node=1", "--node_rank=1", "--master_addr=10.0.0.1",
-                           "--master_port=29500"]
+    assert command[3:8] == ["--nnodes=2", "--nproc_per_node=1", "--node_rank=1", "--master_addr=10.0.0.1",
+                            "--master_port=29500"]
     assert "trainer.nnodes=2" in command

@@ -52,7 +52,8 @@ def _files(*dirs: Path) -> str:
 
 def _sft(recipe: str, model: Path, train: str, out: Path, steps: int, packing: bool) -> float:
     command = [
-        "torchrun", "--standalone", "--nnodes=1", "--nproc_per_node=1", "-m", "verl.trainer.sft_trainer",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=1",
+        "-m", "verl.trainer.sft_trainer",
         "--config-path", str(REPO / "recipes"), "--config-name", recipe,
         f"model.path={model}", f"data.train_files={train}", "data.val_files=null",
         "data.train_batch_size=2", "data.micro_batch_size_per_gpu=1", "data.max_length=2048",
