@@ -88,7 +88,7 @@ def main() -> None:
         start = time.perf_counter()
         run_qc(QCJob("caption", (str(records),), root / "rules", image_root=str(root / "images")), progress=False)
         seconds = time.perf_counter() - start
-        print(f"| scorer | records | concurrency | seconds | records/s | bound records/s | ratio |")
+        print("| scorer | records | concurrency | seconds | records/s | bound records/s | ratio |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         print(f"| rules | {args.records} | 1 process | {seconds:.2f} | {args.records / seconds:,.0f} | - | - |")
         judge_records = make_records(root / "judge", args.judge_records)

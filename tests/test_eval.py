@@ -16,7 +16,7 @@ from medverl.cli import main
 from medverl.data.validate import validate
 from medverl.eval.decontaminate import decontaminate
 from medverl.eval.run import chat_messages
-from medverl.eval.score import load_predictions, load_rows, score_predictions, write_report
+from medverl.eval.score import load_predictions, load_rows, score_predictions
 
 
 def _png(color: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> bytes:

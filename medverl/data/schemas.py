@@ -23,6 +23,12 @@ CPT (medverl's own, for captions and interleaved documents; every text segment i
     images       list<image>                    one per image segment, same order
     extra_info   {index, source, image_meta}
 
+QC scores (``medverl qc score``; one row per scored record)::
+
+    index, source, subset, scorer               the record and where it came from
+    medical_correctness ... practicality        the five dimensions in [0, 1] (null: not scored)
+    mean, failed_checks, rationale, status, error, image_hashes, thumbnail, text, record (the input, as JSON)
+
 ``image`` is ``{bytes, path}`` (verl's layout), plus ``max_pixels`` / ``min_pixels`` when a job sets them:
 verl forwards extra keys of an image dict to ``qwen_vl_utils.fetch_image``, so the resolution of a stage is a
 property of its parquet, with no re-encoding. ``image_meta`` is a JSON list, one object per image (DICOM window,
@@ -108,6 +114,22 @@ def cpt_schema(resolution_keys: tuple[str, ...] = ()) -> pa.Schema:
             pa.field("extra_info", pa.struct(_provenance()), nullable=False),
         ],
         metadata={"medverl.kind": "cpt", "medverl.schema_version": str(SCHEMA_VERSION)},
+    )
+
+
+# The seeds' five-dimensional quality assessment.
+QC_DIMENSIONS = ("medical_correctness", "fluency", "relevance", "completeness", "practicality")
+
+
+def qc_scores_schema() -> pa.Schema:
+    """The scores ``medverl qc score`` writes."""
+    return pa.schema(
+        [("index", pa.int64()), ("source", pa.string()), ("subset", pa.string()), ("scorer", pa.string())]
+        + [(d, pa.float64()) for d in QC_DIMENSIONS]
+        + [("mean", pa.float64()), ("failed_checks", pa.list_(pa.string())), ("rationale", pa.string()),
+           ("status", pa.string()), ("error", pa.string()), ("image_hashes", pa.list_(pa.string())),
+           ("thumbnail", pa.binary()), ("text", pa.string()), ("record", pa.string())],
+        metadata={"medverl.kind": "qc_scores", "medverl.schema_version": str(SCHEMA_VERSION)},
     )
 
 

@@ -20,19 +20,13 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from medverl.data.records import Record, iter_records
+from medverl.data.schemas import qc_scores_schema
 from medverl.qc.judge import Judge, JudgeConfig, VerdictCache
 from medverl.qc.rules import DIMENSIONS, image_checks, mark_duplicates, score_rules
 
 MANIFEST, REJECTS = "manifest.json", "rejects.jsonl"
 WINDOW = 500
-SCHEMA = pa.schema(
-    [("index", pa.int64()), ("source", pa.string()), ("subset", pa.string()), ("scorer", pa.string())]
-    + [(d, pa.float64()) for d in DIMENSIONS]
-    + [("mean", pa.float64()), ("failed_checks", pa.list_(pa.string())), ("rationale", pa.string()),
-       ("status", pa.string()), ("error", pa.string()), ("image_hashes", pa.list_(pa.string())),
-       ("thumbnail", pa.binary()), ("text", pa.string()), ("record", pa.string())],
-    metadata={"medverl.kind": "qc_scores", "medverl.schema_version": "1"},
-)
+SCHEMA = qc_scores_schema()
 
 
 def record_content(kind: str, record: dict) -> tuple[str, list]:

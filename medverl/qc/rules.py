@@ -30,8 +30,9 @@ import numpy as np
 from PIL import Image
 
 from medverl.data.images import ImageError, load_image
+from medverl.data.schemas import QC_DIMENSIONS
 
-DIMENSIONS = ("medical_correctness", "fluency", "relevance", "completeness", "practicality")
+DIMENSIONS = QC_DIMENSIONS
 PENALTY = 0.5
 CHECKS: dict[str, tuple[str, ...]] = {
     "image_unreadable": ("relevance", "practicality"),
