@@ -114,10 +114,14 @@ class Pipeline:
         """Where the model a stage saves is linked once it finishes."""
         return self.output / stage.name / "model"
 
+    def input_model(self, index: int) -> str:
+        """The model stage `index` starts from: the pipeline's, then each previous stage's ``model`` link."""
+        return self.model if index == 0 else str(self.stage_model(self.stages[index - 1]))
+
     def command(self, index: int, environ: dict[str, str] | None = None) -> list[str]:
-        """The exact command line of stage `index` (its model is the previous stage's ``model`` link)."""
+        """The exact command line of stage `index`."""
         stage = self.stages[index]
-        model = self.model if index == 0 else str(self.stage_model(self.stages[index - 1]))
+        model = self.input_model(index)
         trainer = self.trainer(stage)
         common = [
             "--config-path", str(self.recipes.resolve()), "--config-name", stage.recipe,
@@ -257,7 +261,8 @@ def run_pipeline(pipeline: Pipeline, *, dry_run: bool = False, restart_from: str
                 print(f"[{name}] previous run moved to {kept}", file=out)
     for index, stage in enumerate(pipeline.stages):
         command = pipeline.command(index)
-        spec = json.loads(json.dumps({**asdict(stage), "command": command}))  # as the state file holds it
+        # what makes a finished stage the same stage (not the interpreter or launcher that ran it)
+        spec = json.loads(json.dumps({**asdict(stage), "model": pipeline.input_model(index)}))
         done = state["stages"].get(stage.name)
         if done is not None:
             if done["spec"] != spec:
