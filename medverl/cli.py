@@ -275,16 +275,6 @@ def _cmd_qc_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_pipeline(args: argparse.Namespace) -> int:
-    from medverl.pipeline import Pipeline, PipelineError, run_pipeline
-
-    try:
-        return run_pipeline(Pipeline.load(args.config), dry_run=args.dry_run, restart_from=args.restart_from)
-    except PipelineError as exc:
-        print(f"medverl pipeline: {exc}", file=sys.stderr)
-        return 1
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``medverl`` subcommand."""
     parser = argparse.ArgumentParser(prog="medverl", description=__doc__)
@@ -439,12 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
     qc_report.add_argument("--threshold", type=float, default=0.5, help="mean score that counts as a pass")
     qc_report.set_defaults(func=_cmd_qc_report)
 
+    from medverl import pipeline as pipeline_command
+
     pipeline = sub.add_parser("pipeline", help="run CPT, SFT and GRPO stages in order from a pipeline file; resumable")
-    pipeline.add_argument("config", help="pipeline YAML (see recipes/pipelines/)")
-    pipeline.add_argument("--dry-run", action="store_true", help="check the data and print the commands, run nothing")
-    pipeline.add_argument("--from", dest="restart_from", metavar="STAGE",
-                          help="run this stage and the ones after it again, even if they finished")
-    pipeline.set_defaults(func=_cmd_pipeline)
+    pipeline_command.add_arguments(pipeline)
+    pipeline.set_defaults(func=pipeline_command.run_command)
     return parser
 
 

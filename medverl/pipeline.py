@@ -10,6 +10,7 @@ low-to-high resolution schedule).
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -295,3 +296,20 @@ def run_pipeline(pipeline: Pipeline, *, dry_run: bool = False, restart_from: str
         _save_state(pipeline, state)
         print(f"[{stage.name}] done, model {model}", file=out, flush=True)
     return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``medverl pipeline`` arguments."""
+    parser.add_argument("config", help="pipeline YAML (see recipes/pipelines/)")
+    parser.add_argument("--dry-run", action="store_true", help="check the data and print the commands, run nothing")
+    parser.add_argument("--from", dest="restart_from", metavar="STAGE",
+                        help="run this stage and the ones after it again, even if they finished")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``medverl pipeline``: exit 0 when every stage finished, else 1 with the reason on stderr."""
+    try:
+        return run_pipeline(Pipeline.load(args.config), dry_run=args.dry_run, restart_from=args.restart_from)
+    except PipelineError as exc:
+        print(f"medverl pipeline: {exc}", file=sys.stderr)
+        return 1
