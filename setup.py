@@ -44,5 +44,9 @@ setup(
     package_data={"medverl.prompts": ["*.txt"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["medverl=medverl.cli:main"]},
+    entry_points={
+        "console_scripts": ["medverl=medverl.cli:main"],
+        # imported by verl in every process; does nothing unless VERL_PLATFORM=cpu
+        "verl.plugins": ["medverl_cpu = medverl.cpu.plugin"],
+    },
 )

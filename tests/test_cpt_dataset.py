@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 from pydicom.data import get_testdata_file
-from tiny_qwen import save_tiny_processor
+from medverl.training.tiny_qwen import save_tiny_processor
 
 from medverl.cli import main
 from medverl.training.cpt_dataset import IMAGE_SPAN, CPTDataset

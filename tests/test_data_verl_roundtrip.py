@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
-from tiny_qwen import save_tiny_processor
+from medverl.training.tiny_qwen import save_tiny_processor
 
 from medverl.cli import main
 from medverl.data.validate import validate

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
-from tiny_qwen import save_tiny_processor
+from medverl.training.tiny_qwen import save_tiny_processor
 
 from medverl.pipeline import Pipeline
 

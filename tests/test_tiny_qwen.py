@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
-from tiny_qwen import save_tiny_processor
+from medverl.training.tiny_qwen import save_tiny_processor
 from verl.utils import hf_processor, hf_tokenizer
 from verl.utils.dataset.rl_dataset import RLHFDataset
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from tiny_qwen import save_tiny_processor
+from medverl.training.tiny_qwen import save_tiny_processor
 
 from medverl.cli import main
 from medverl.data.validate import validate

@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from omegaconf import DictConfig
-from tiny_qwen import save_tiny_tokenizer
+from medverl.training.tiny_qwen import save_tiny_tokenizer
 from verl import DataProto
 from verl.trainer.ppo.reward import load_reward_manager
 from verl.trainer.ppo.utils import need_critic, need_reference_policy

@@ -40,8 +40,8 @@ class CPTDataset(Dataset):
     when the tokenizer has it, else its EOS token; add it with ``+data.document_end_token=...``).
 
     Items carry 1-D ``input_ids`` and ``loss_mask``, ``position_ids`` (``(4, L)`` with a Qwen-VL processor, as
-    verl's ``MultiTurnSFTDataset`` builds them), ``attention_mask`` with right padding, and ``multi_modal_inputs``
-    (``pixel_values``, ``image_grid_thw``) for rows with images.
+    verl's ``MultiTurnSFTDataset`` builds them), ``attention_mask`` with right padding, and with a processor
+    ``multi_modal_inputs`` (``pixel_values``, ``image_grid_thw``; empty for a text-only row).
     """
 
     def __init__(self, parquet_files: str | Sequence[str], tokenizer, config, processor=None, max_samples: int = -1):
@@ -138,7 +138,8 @@ class CPTDataset(Dataset):
                 "loss_mask": F.pad(loss_mask, (0, pad)),
                 "position_ids": F.pad(position_ids, (0, pad)),
             }
-        if model_inputs:
+        if self.processor is not None:
+            # empty for a text-only row: verl's collator takes a batch's keys from its first item
             item_dict["multi_modal_inputs"] = model_inputs
         return item_dict
 

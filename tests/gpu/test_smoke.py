@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny_qwen import save_tiny_processor
+from medverl.training.tiny_qwen import save_tiny_processor
 
 pytestmark = [
     pytest.mark.gpu,

@@ -1,7 +1,13 @@
-"""A tiny Qwen2-style tokenizer built offline in well under a second, for tests that need verl's real classes."""
+"""A tiny random Qwen-VL (tokenizer, processor, 2-layer model) built offline in about a second.
+
+For tests that need verl's real classes and for CPU training runs (``medverl pipeline --cpu``):
+
+    python -m medverl.training.tiny_qwen runs/tiny_qwen25_vl [--qwen3]
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -161,3 +167,29 @@ def save_tiny_processor(directory: str | Path, *, qwen3: bool = False) -> Path:
     config.architectures = ["Qwen3VLForConditionalGeneration" if qwen3 else "Qwen2_5_VLForConditionalGeneration"]
     config.save_pretrained(directory)
     return directory
+
+
+def save_tiny_model(directory: str | Path, *, qwen3: bool = False, seed: int = 0) -> Path:
+    """:func:`save_tiny_processor` plus random weights (safetensors): a model verl's trainers load like a real one."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    directory = save_tiny_processor(directory, qwen3=qwen3)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(directory))
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Save a tiny random Qwen2.5-VL (or Qwen3-VL) model directory."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("output", help="model directory to write")
+    parser.add_argument("--qwen3", action="store_true", help="Qwen3-VL (patch 16) instead of Qwen2.5-VL (patch 14)")
+    parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default 0)")
+    args = parser.parse_args(argv)
+    print(save_tiny_model(args.output, qwen3=args.qwen3, seed=args.seed))
+
+
+if __name__ == "__main__":
+    main()
