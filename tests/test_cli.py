@@ -19,13 +19,15 @@ def test_rewards_list_shows_builtins_and_plugins(capsys) -> None:
 
 
 def test_score_bundled_example(tmp_path: Path, capsys) -> None:
-    per_sample, report = tmp_path / "scores.jsonl", tmp_path / "report.md"
-    assert main(["score", "--input", str(EXAMPLE), "--output", str(per_sample), "--report", str(report)]) == 0
+    out_dir = tmp_path / "scores"
+    assert main(["score", "--input", str(EXAMPLE), "--output", str(out_dir)]) == 0
     out = capsys.readouterr().out
     assert "| query_type | n | score | acc | format pass | parse failures |" in out
     assert "| data_source | n |" in out
-    assert report.read_text() in out
-    rows = [json.loads(line) for line in per_sample.read_text().splitlines()]
+    assert (out_dir / "report.md").read_text() in out
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    assert manifest["read"] == manifest["written"] == 33 and manifest["rejected"] == 0 and manifest["complete"]
+    rows = [json.loads(line) for line in (out_dir / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == sum(1 for line in EXAMPLE.read_text().splitlines() if line.strip())
     by_id = {r["id"]: r for r in rows}
     assert by_id["pmc_vqa-003"]["reason"] == "hedge: names options B and C"  # "B or C"
@@ -69,24 +71,30 @@ def test_bad_rows_are_listed_not_dropped(tmp_path: Path, capsys) -> None:
         )
         + "\n"
     )
-    out_path = tmp_path / "scores.jsonl"
-    assert main(["score", "--input", str(preds), "--output", str(out_path)]) == 1
+    out_dir = tmp_path / "scores"
+    assert main(["score", "--input", str(preds), "--output", str(out_dir)]) == 1
     captured = capsys.readouterr()
     assert "5 row(s) could not be scored" in captured.err
-    rejects = [json.loads(line) for line in Path(f"{out_path}.rejects.jsonl").read_text().splitlines()]
-    assert [r["line"] for r in rejects] == [2, 3, 4, 5, 6]
+    rejects = [json.loads(line) for line in (out_dir / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["index"], r["source"]) for r in rejects] == [(n, f"p.jsonl:{n}") for n in (2, 3, 4, 5, 6)]
+    assert [r["code"] for r in rejects] == ["malformed_json", "missing_field", "unknown_query_type",
+                                            "invalid_reference", "not_an_object"]
     reasons = [r["reason"] for r in rejects]
-    assert reasons[0].startswith("invalid JSON")
+    assert reasons[0].startswith("malformed JSON")
     assert "missing field(s) ground_truth" in reasons[1]
     assert "Did you mean 'multiple_choice'" in reasons[2]
     assert "not a yes or a no" in reasons[3]
-    assert "expected a JSON object" in reasons[4]
-    assert len(out_path.read_text().splitlines()) == 1  # read == scored + rejected
+    assert "must be a JSON object" in reasons[4]
+    assert len((out_dir / "samples.jsonl").read_text().splitlines()) == 1
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    assert (manifest["read"], manifest["written"], manifest["rejected"]) == (6, 1, 5)
+    assert main(["score", "--input", str(preds), "--output", str(out_dir)]) == 2  # a directory in use
+    assert "use a new directory" in capsys.readouterr().err
 
 
 def test_missing_input_file_is_a_clean_error(capsys) -> None:
     assert main(["score", "--input", "/nonexistent/preds.jsonl"]) == 2
-    assert "medverl: error:" in capsys.readouterr().err
+    assert "medverl score: error: input file not found" in capsys.readouterr().err
 
 
 def test_bad_option_is_a_clean_error(capsys) -> None:
@@ -165,10 +173,51 @@ def test_dicom_command_writes_png_and_sidecar(tmp_path: Path, capsys) -> None:
     ct = str(get_testdata_file("CT_small.dcm", download=False))
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(b"\0" * 128 + b"DICM")
-    assert main(["dicom", ct, str(broken), "--output", str(tmp_path / "out"), "--preset=-600,1500"]) == 1
+    assert main(["dicom", ct, str(broken), "--output", str(tmp_path / "out"), "--preset=-600,1500"]) == 0
     captured = capsys.readouterr()
     assert "window explicit (-600/1500)" in captured.out
     assert "broken.dcm: " in captured.err and "no readable pixel data" in captured.err
     assert Image.open(tmp_path / "out" / "CT_small.png").size == (128, 128)
     sidecar = json.loads((tmp_path / "out" / "CT_small.json").read_text())
     assert sidecar["modality"] == "CT" and sidecar["window"] == "explicit (-600/1500)"
+    assert main(["dicom", str(broken), "--output", str(tmp_path / "none")]) == 1  # nothing converted
+
+
+def test_dicom_files_of_the_same_name_keep_their_directory(tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    ct = Path(get_testdata_file("CT_small.dcm", download=False)).read_bytes()
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.dcm").write_bytes(ct)
+    (tmp_path / "a" / "y.dcm").write_bytes(ct)
+    inputs = [str(tmp_path / f) for f in ("a/x.dcm", "b/x.dcm", "a/y.dcm")]
+    assert main(["dicom", *inputs, "--output", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["a_x.png", "b_x.png", "y.png"]
+    assert json.loads((tmp_path / "out" / "b_x.json").read_text())["source"] == inputs[1]
+    assert main(["dicom", inputs[0], inputs[0], "--output", str(tmp_path / "twice")]) == 2
+
+
+def test_every_option_has_help_and_shows_its_default() -> None:
+    from medverl.cli import build_parser
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            for child in getattr(action, "choices", None) or {}:
+                if isinstance(action.choices, dict):
+                    yield from parsers(action.choices[child])
+
+    checked = 0
+    for parser in parsers(build_parser()):
+        if parser.prog == "medverl pipeline":  # declared in medverl/pipeline.py
+            continue
+        text = parser.format_help()
+        for action in parser._actions:
+            if action.help == "==SUPPRESS==" or isinstance(action, __import__("argparse")._SubParsersAction):
+                continue
+            assert action.help, f"{parser.prog} {action.dest} has no help"
+            if action.default not in (None, False, [], "==SUPPRESS==") and action.option_strings:
+                assert f"(default: {action.default})" in " ".join(text.split()), (parser.prog, action.dest)
+            checked += 1
+    assert checked > 80

@@ -13,6 +13,7 @@ from pydicom.data import get_testdata_file
 from medverl.cli import main
 from medverl.data import runner
 from medverl.data.converters import PrepOptions, convert_caption, convert_interleaved, convert_rl, convert_sft
+from medverl.data.job import JobError
 from medverl.data.runner import PrepJob, run_prep
 from medverl.prompts import load_template
 
@@ -201,7 +202,7 @@ def test_job_accounting_and_shards(tmp_path: Path, images: Path) -> None:
     assert sorted(table.column("extra_info").combine_chunks().field("index").to_pylist()) == [
         i for i in range(20) if i not in (4, 9)
     ]
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(JobError, match="--resume"):
         run_prep(job, progress=False)
 
 
@@ -238,7 +239,7 @@ def test_resume_after_interruption_gives_identical_output(tmp_path: Path, images
     monkeypatch.setattr(runner, "_convert", real_convert)
 
     other = PrepJob("rl", (str(source),), tmp_path / "out", options(images), rows_per_shard=5)
-    with pytest.raises(ValueError, match="other inputs or options"):
+    with pytest.raises(JobError, match="rows_per_shard: 4 then, 5 now"):
         run_prep(other, resume=True, progress=False)
     manifest = run_prep(job, resume=True, progress=False)
     assert manifest["read"] == manifest["written"] + manifest["rejected"] == 150

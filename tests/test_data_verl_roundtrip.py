@@ -47,11 +47,11 @@ def test_rl_round_trip_keeps_every_row(tmp_path: Path, image_root: Path, model_d
     source = _jsonl(tmp_path / "rl.jsonl", RL_RECORDS)
     assert main(["prep", "rl", source, "--output", str(out), "--image-root", str(image_root),
                  "--max-pixels", str(112 * 112)]) == 0
-    report = validate(out, "rl", model_dir, max_length=1024)
+    report = validate(out, model_dir, max_length=1024)
     assert report.ok, report.problems
     assert report.rows == report.kept_by_verl == len(RL_RECORDS)  # verl's filter dropped nothing
     assert len(report.token_lengths) == 4 and min(report.token_lengths) > 10
-    assert main(["validate", str(out), "--kind", "rl", "--processor", model_dir]) == 0
+    assert main(["validate", str(out), "--processor", model_dir]) == 0
     assert "| rows verl's dataset keeps | 4 |" in capsys.readouterr().out
 
 
@@ -59,11 +59,11 @@ def test_validate_names_the_rows_verl_would_drop(tmp_path: Path, image_root: Pat
     out = tmp_path / "rl"
     source = _jsonl(tmp_path / "rl.jsonl", RL_RECORDS)
     assert main(["prep", "rl", source, "--output", str(out), "--image-root", str(image_root)]) == 0
-    report = validate(out, "rl", model_dir, max_length=120)  # too short for the image rows
+    report = validate(out, model_dir, max_length=120)  # too short for the image rows
     assert not report.ok
     assert report.kept_by_verl < report.rows
     assert any("dropped by verl's RLHFDataset" in p and "rl.jsonl:" in p for p in report.problems)
-    assert main(["validate", str(out), "--kind", "rl", "--processor", model_dir, "--max-prompt-length", "120"]) == 1
+    assert main(["validate", str(out), "--processor", model_dir, "--max-prompt-length", "120"]) == 1
 
 
 SFT_RECORDS = [
@@ -84,7 +84,7 @@ def test_sft_round_trip(tmp_path: Path, image_root: Path, model_dir: str) -> Non
     out = tmp_path / "sft"
     source = _jsonl(tmp_path / "sft.jsonl", SFT_RECORDS)
     assert main(["prep", "sft", source, "--output", str(out), "--image-root", str(image_root)]) == 0
-    report = validate(out, "sft", model_dir, max_length=2048)
+    report = validate(out, model_dir, max_length=2048)
     assert report.ok, report.problems
     assert report.rows == report.kept_by_verl == 3
 
@@ -96,5 +96,5 @@ def test_validate_catches_a_tampered_directory(tmp_path: Path, image_root: Path)
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["written"] = 5
     (out / "manifest.json").write_text(json.dumps(manifest))
-    report = validate(out, "sft")
+    report = validate(out)
     assert report.problems == ["manifest says 5 rows were written, shards hold 3"]

@@ -16,7 +16,7 @@ from medverl.cli import main
 from medverl.data.validate import validate
 from medverl.eval.decontaminate import decontaminate
 from medverl.eval.run import chat_messages
-from medverl.eval.score import load_predictions, load_rows, score_predictions
+from medverl.eval.score import load_rows, score_predictions
 
 
 def _png(color: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> bytes:
@@ -157,7 +157,7 @@ def test_benchmark_quirks_are_read_right(prepared: dict[str, Path]) -> None:
 def test_prepared_benchmarks_load_through_verl(prepared: dict[str, Path], tmp_path: Path) -> None:
     model = str(save_tiny_processor(tmp_path / "tiny"))
     for benchmark in ("slake", "mmmu_hm", "pmc_vqa"):
-        report = validate(prepared[benchmark], "rl", model, max_length=2048)
+        report = validate(prepared[benchmark], model, max_length=2048)
         assert report.ok and report.rows == report.kept_by_verl, (benchmark, report.problems)
 
 
@@ -213,14 +213,26 @@ def test_the_common_harness_rules_side_by_side(prepared: dict[str, Path], tmp_pa
     assert compat[("pmc_vqa", 0)].reason == "fallback: most similar option"
 
 
-def test_predictions_that_do_not_line_up_fail(prepared: dict[str, Path], tmp_path: Path) -> None:
-    rows = load_rows([prepared["vqa_rad"]])
-    with pytest.raises(ValueError, match="rows not in the data"):
-        score_predictions(rows, {("vqa_rad", 99): "x"}, "m")
-    bad = tmp_path / "dup.jsonl"
-    bad.write_text('{"data_source": "vqa_rad", "index": 0, "response": "a"}\n' * 2)
-    with pytest.raises(ValueError, match="dup.jsonl:2: a second prediction"):
-        load_predictions(bad)
+def test_predictions_that_do_not_line_up_are_rejected(prepared: dict[str, Path], tmp_path: Path, capsys) -> None:
+    lines = [{"data_source": "vqa_rad", "index": 0, "response": _wrap("no")},
+             {"data_source": "vqa_rad", "index": 0, "response": "again"},  # a second prediction
+             {"data_source": "vqa_rad", "index": 99, "response": "x"},  # no such question
+             {"data_source": "vqa_rad", "response": "x"}]
+    preds = tmp_path / "p.jsonl"
+    preds.write_text("".join(json.dumps(line) + "\n" for line in lines) + "{broken\n")
+    out = tmp_path / "report"
+    assert main(["eval", "score", "--data", str(prepared["vqa_rad"]), "--run", f"m={preds}", "--output", str(out)]) == 1
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["source"], r["code"]) for r in rejects] == [
+        ("p.jsonl:2", "duplicate_prediction"), ("p.jsonl:3", "unknown_question"), ("p.jsonl:4", "missing_field"),
+        ("p.jsonl:5", "malformed_json")]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["read"], manifest["written"], manifest["rejected"]) == (5, 1, 4)
+    assert "4 row(s) could not be scored" in capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["m"]["vqa_rad"]["missing"] == 2  # the questions without a prediction score 0
+    assert main(["eval", "score", "--data", str(tmp_path), "--run", f"m={preds}", "--output", str(tmp_path / "r2")]) == 2
+    assert "has no manifest.json" in capsys.readouterr().err
 
 
 def test_decontamination_finds_planted_duplicates(prepared: dict[str, Path], tmp_path: Path) -> None:
@@ -237,7 +249,8 @@ def test_decontamination_finds_planted_duplicates(prepared: dict[str, Path], tmp
     assert main(["prep", "rl", str(tmp_path / "train.jsonl"), "--output", str(tmp_path / "train"),
                  "--image-root", str(images)]) == 0
     against = [prepared["vqa_rad"], prepared["path_vqa"]]
-    found = decontaminate(tmp_path / "train", against)
+    found, counted = decontaminate(tmp_path / "train", against)
+    assert (counted["read"], counted["written"], counted["rejected"]) == (3, 1, 2)
     reasons = {index: r for (_, index), r in found.matches.items()}
     assert sorted(reasons) == [0, 1] and found.read == 3
     assert reasons[0][0].startswith("contaminated_image") and reasons[1][0].startswith("contaminated_question")
@@ -248,6 +261,8 @@ def test_decontamination_finds_planted_duplicates(prepared: dict[str, Path], tmp
     assert manifest["rejected_by_reason"] == {"contaminated_image": 1, "contaminated_question": 1}
     kept = pq.read_table(next((tmp_path / "clean").glob("part-*.parquet")))
     assert kept.column("extra_info").to_pylist()[0]["index"] == 2
+    assert manifest["kind"] == "rl" and manifest["template"]["name"] == "think_answer"  # still the training data
+    assert validate(tmp_path / "clean").ok
 
 
 def test_generation_messages_put_each_image_where_its_placeholder_was(prepared: dict[str, Path]) -> None:

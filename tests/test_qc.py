@@ -94,7 +94,7 @@ def _caption_records(path: Path, images: Path) -> Path:
         {"image": "mr.png", "text": GOOD_REPORT.replace("chest radiograph", "brain MRI"), "data_source": "good"},
         {"image": "blank.png", "text": "the the the the the the the the the the the", "data_source": "scraped"},
         {"image": "ct_copy.png", "text": "CT", "data_source": "scraped"},
-        {"image": "ct.png", "text": "", "data_source": "scraped"},  # no text: a reject
+        {"image": "ct.png", "text": "", "data_source": "scraped"},  # no text: a reject, as in medverl prep
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in records) + "{not json\n")
     return path
@@ -105,21 +105,27 @@ def test_rules_score_filter_and_accounting(images: Path, tmp_path: Path, capsys)
     out = tmp_path / "scores"
     assert main(["qc", "score", "caption", str(source), "--output", str(out), "--image-root", str(images)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert (manifest["read"], manifest["scored"], manifest["rejected"]) == (6, 4, 2)
-    assert manifest["rejected_by_reason"] == {"no_text": 1, "unreadable": 1}
+    assert (manifest["read"], manifest["counts"]["scored"], manifest["rejected"]) == (6, 4, 2)
+    assert manifest["rejected_by_reason"] == {"malformed_json": 1, "missing_field": 1}
     assert main(["qc", "filter", str(out), "--output", str(tmp_path / "f1"), "--min", "fluency=0.6"]) == 0
     kept = [json.loads(line) for line in (tmp_path / "f1" / "kept.jsonl").read_text().splitlines()]
     assert [k["data_source"] for k in kept] == ["good", "good"]  # records come back exactly as they went in
     assert main(["qc", "filter", str(out), "--output", str(tmp_path / "f2"), "--subset-min", "0.8"]) == 0
     filtered = json.loads((tmp_path / "f2" / "manifest.json").read_text())
-    assert filtered["read"] == filtered["kept"] + filtered["dropped"] == 4
-    assert filtered["dropped_by_reason"] == {"subset_below_threshold": 2} and list(filtered["failing_subsets"]) == ["scraped"]
+    assert filtered["read"] == filtered["written"] + filtered["rejected"] == 4
+    assert filtered["rejected_by_reason"] == {"subset_below_threshold": 2}
+    assert list(filtered["failing_subsets"]) == ["scraped"]
     assert main(["qc", "filter", str(out), "--output", str(tmp_path / "f4"), "--subset-min", "0.8",
                  "--subset-key", "image"]) == 0  # grouped by another field: the blank image's subset fails
     regrouped = json.loads((tmp_path / "f4" / "manifest.json").read_text())
-    assert regrouped["subset_key"] == "image" and "blank.png" in regrouped["failing_subsets"]
+    assert regrouped["job"]["subset_key"] == "image" and "blank.png" in regrouped["failing_subsets"]
     assert main(["qc", "filter", str(out), "--output", str(tmp_path / "f3"), "--min", "medical_correctness=0.5"]) == 2
     assert "rules scorer leaves medical_correctness to the judge" in capsys.readouterr().err
+    assert main(["qc", "filter", str(out), "--output", str(tmp_path / "f5"), "--min", "fluency=1.1"]) == 1  # none kept
+    assert main(["qc", "filter", str(out), "--output", str(tmp_path / "f6"), "--min", "fluency"]) == 2
+    assert "medical_correctness, fluency, relevance, completeness, practicality, mean" in capsys.readouterr().err
+    assert main(["qc", "filter", str(tmp_path / "f1"), "--output", str(tmp_path / "f7")]) == 2  # not qc scores
+    assert "holds qc_kept data" in capsys.readouterr().err
 
 
 class _Judge(BaseHTTPRequestHandler):
@@ -174,10 +180,10 @@ def test_judge_over_http_with_failures_and_cache(images: Path, tmp_path: Path, j
             "--image-root", str(images), "--retries", "2", "--timeout", "5"]
     assert main([*args, "--output", str(tmp_path / "j")]) == 0
     manifest = json.loads((tmp_path / "j" / "manifest.json").read_text())
-    assert (manifest["scored"], manifest["judge_failed"]) == (2, 2)  # failures counted apart, never a 0
+    assert manifest["counts"] == {"scored": 2, "judge_failed": 2}  # failures counted apart, never a 0
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(tmp_path / "j" / "scores-00000.parquet").to_pylist()
+    rows = pq.read_table(tmp_path / "j" / "part-00000.parquet").to_pylist()
     failed = [r for r in rows if r["status"] == "judge_failed"]
     assert all(r["mean"] is None for r in failed) and {r["error"][:8] for r in failed} == {"JudgeRep", "HTTP 500"}
     ok = next(r for r in rows if r["status"] == "scored")
@@ -256,7 +262,35 @@ def test_an_interrupted_score_job_resumes_to_the_same_rows(images: Path, tmp_pat
     assert main([*args, "--resume"]) == 0
 
     def table(directory: Path) -> pa.Table:
-        return pa.concat_tables([pq.read_table(p) for p in sorted(directory.glob("scores-*.parquet"))])
+        return pa.concat_tables([pq.read_table(p) for p in sorted(directory.glob("part-*.parquet"))])
 
     assert table(tmp_path / "cut").to_pylist() == table(tmp_path / "whole").to_pylist()  # duplicates found again too
     assert (tmp_path / "cut" / "rejects.jsonl").read_text() == (tmp_path / "whole" / "rejects.jsonl").read_text()
+
+
+@pytest.mark.parametrize(
+    ("kind", "record", "text"),
+    [
+        # SFT turns with role/content keys, as medverl prep accepts them
+        ("sft", {"conversations": [{"role": "user", "content": "<image>What is shown?"},
+                                   {"role": "assistant", "content": "A normal chest film."}], "image": "ct.png"},
+         "user: What is shown?\nassistant: A normal chest film."),
+        # an RL record already in verl's layout
+        ("rl", {"prompt": [{"role": "user", "content": "<image>Is there a fracture?"}], "images": ["ct.png"],
+                "reward_model": {"style": "rule", "ground_truth": "no"}, "extra_info": {"query_type": "yes_no"}},
+         "Is there a fracture?\nAnswer: no"),
+        # the seed's RL record, several acceptable answers
+        ("rl", {"question": "Which lobe?", "answer": ["right upper", "RUL"], "query_type": "jaccard"},
+         "Which lobe?\nAnswer: right upper / RUL"),
+    ],
+)
+def test_qc_reads_records_as_prep_does(kind: str, record: dict, text: str, images: Path, tmp_path: Path) -> None:
+    source = tmp_path / "r.jsonl"
+    source.write_text(json.dumps(record) + "\n" + json.dumps({"unexpected": 1}) + "\n")
+    assert main(["qc", "score", kind, str(source), "--output", str(tmp_path / "qc"), "--image-root", str(images)]) == 0
+    assert main(["prep", kind, str(source), "--output", str(tmp_path / "prep"), "--image-root", str(images)]) == 0
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "qc" / "part-00000.parquet").column("text").to_pylist() == [text]
+    qc_rejects, prep_rejects = ((tmp_path / d / "rejects.jsonl").read_text() for d in ("qc", "prep"))
+    assert qc_rejects == prep_rejects and json.loads(qc_rejects)["code"] == "missing_field"

@@ -1,4 +1,4 @@
-"""`medverl validate --kind cpt` loads CPT shards through CPTDataset, the class verl's SFT trainer uses for CPT."""
+"""`medverl validate` on CPT data loads CPT shards through CPTDataset, the class verl's SFT trainer uses for CPT."""
 
 import json
 from pathlib import Path
@@ -28,14 +28,14 @@ def cpt_out(tmp_path: Path) -> Path:
 
 
 def test_cpt_rows_load_through_the_cpt_dataset(cpt_out: Path, model_dir: str, capsys) -> None:
-    report = validate(cpt_out, "cpt", model_dir, max_length=2048)
+    report = validate(cpt_out, model_dir, max_length=2048)
     assert report.ok, report.problems
     assert report.rows == report.kept_by_verl == 3 and len(report.token_lengths) == 3
-    assert main(["validate", str(cpt_out), "--kind", "cpt", "--processor", model_dir]) == 0
+    assert main(["validate", str(cpt_out), "--processor", model_dir]) == 0
     assert "| rows verl's dataset keeps | 3 |" in capsys.readouterr().out
 
 
 def test_cpt_rows_over_max_length_are_named(cpt_out: Path, model_dir: str) -> None:
-    report = validate(cpt_out, "cpt", model_dir, max_length=64)
+    report = validate(cpt_out, model_dir, max_length=64)
     assert not report.ok and report.kept_by_verl == 2
     assert any("CPTDataset fails" in p and "cap.jsonl:3" in p and "over data.max_length=64" in p for p in report.problems)

@@ -11,11 +11,11 @@ from typing import NamedTuple
 
 from medverl.data.images import CHECK_LEVELS, DEFAULT_PIXEL_LIMIT, ImageError, LoadedImage, load_image
 from medverl.prompts import ANSWER_HINTS
-from medverl.rewards import InvalidReference, RewardOptions, UnknownQueryType, check_reference
+from medverl.rewards import InvalidReference, RewardOptions, UnknownQueryType, check_reference, parse_ground_truth
+from medverl.rewards.choice import LETTERS
 
 IMAGE_PLACEHOLDER = "<image>"
 SFT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 class Reject(NamedTuple):
@@ -23,6 +23,20 @@ class Reject(NamedTuple):
 
     code: str
     reason: str
+
+
+class Content(NamedTuple):
+    """What a record says, as a reader judges it: its text and its image references (not loaded)."""
+
+    text: str
+    images: list
+
+
+class Parsed(NamedTuple):
+    """A record whose fields are valid: its content, and how to build its row once its images are loaded."""
+
+    content: Content
+    build: Callable[[list[dict], str], dict]
 
 
 @dataclass(frozen=True)
@@ -123,19 +137,24 @@ def _check_placeholders(texts: list[str], n_images: int) -> None:
         )
 
 
-def _guarded(convert: Callable[[Mapping, int, str, PrepOptions], dict]) -> Callable:
-    """Turn a converter that raises :class:`_Rejected` into one that returns a :class:`Reject`."""
+def _converter(read: Callable[[Mapping, int, str, PrepOptions], Parsed]) -> Callable:
+    """A converter from a reader that checks a record's fields (raising :class:`_Rejected`) and returns
+    :class:`Parsed`: the converter loads the images and builds the row, or returns a :class:`Reject`. The reader
+    stays reachable as ``converter.read`` (see :func:`read_content`)."""
 
-    @functools.wraps(convert)  # keeps the name, so converters pickle into worker processes
-    def run(record: object, index: int, source: str, options: PrepOptions) -> dict | Reject:
+    @functools.wraps(read)  # keeps the name, so converters pickle into worker processes
+    def convert(record: object, index: int, source: str, options: PrepOptions) -> dict | Reject:
         if not isinstance(record, Mapping):
             return Reject("not_an_object", f"a record must be a JSON object, got {type(record).__name__}")
         try:
-            return convert(record, index, source, options)
+            parsed = read(record, index, source, options)
+            images, image_meta = _load_images(parsed.content.images, options)
         except _Rejected as exc:
             return exc.reject
+        return parsed.build(images, image_meta)
 
-    return run
+    convert.read = read
+    return convert
 
 
 def _options_text(options: list[str]) -> str:
@@ -191,11 +210,11 @@ def _ground_truth(answer: object) -> str:
     raise _fail("empty_ground_truth", f"answer must be a string or a list of strings, got {answer!r:.60}")
 
 
-@_guarded
-def convert_rl(record: Mapping, index: int, source: str, options: PrepOptions) -> dict:
+@_converter
+def convert_rl(record: Mapping, index: int, source: str, options: PrepOptions) -> Parsed:
     """An RL record (``question``/``answer``/``query_type``..., or verl's own layout) to verl's RL row."""
     if "prompt" in record and "reward_model" in record:
-        return _convert_verl_rl(record, index, source, options)
+        return _read_verl_rl(record, index, source, options)
     question = _text(record, "question")
     if "answer" not in record:
         raise _fail("missing_field", f"missing field 'answer'; the record has {', '.join(sorted(record))}")
@@ -212,12 +231,11 @@ def convert_rl(record: Mapping, index: int, source: str, options: PrepOptions) -
         "meta": _meta(record.get("meta")),
     }
     _check_rl_reference(ground_truth, extra_info, options)
-
     references = _image_list(record.get("images", record.get("image")))
-    images, image_meta = _load_images(references, options)
     if IMAGE_PLACEHOLDER not in question:
-        question = IMAGE_PLACEHOLDER * len(images) + ("\n" if images else "") + question
-    _check_placeholders([question], len(images))
+        question = IMAGE_PLACEHOLDER * len(references) + ("\n" if references else "") + question
+    _check_placeholders([question], len(references))
+    asked = question + _options_text(choices)
     user = options.template.format(
         question=question, options=_options_text(choices), answer_hint=ANSWER_HINTS.get(str(query_type), "")
     ).strip()
@@ -225,10 +243,23 @@ def convert_rl(record: Mapping, index: int, source: str, options: PrepOptions) -
     if system := _text(record, "system_prompt", required=False):
         prompt.append({"role": "system", "content": system})
     prompt.append({"role": "user", "content": user})
-    return _rl_row(record, prompt, images, ground_truth, {**extra_info, "image_meta": image_meta}, options)
+
+    def build(images: list[dict], image_meta: str) -> dict:
+        return _rl_row(record, prompt, images, ground_truth, {**extra_info, "image_meta": image_meta}, options)
+
+    return Parsed(_qa_content(asked, ground_truth, references), build)
 
 
-def _convert_verl_rl(record: Mapping, index: int, source: str, options: PrepOptions) -> dict:
+def _qa_content(question: str, ground_truth: str, references: list) -> Content:
+    answers = " / ".join(parse_ground_truth(ground_truth))
+    return Content(f"{_without_placeholders(question)}\nAnswer: {answers}", references)
+
+
+def _without_placeholders(text: str) -> str:
+    return text.replace(IMAGE_PLACEHOLDER, "").strip()
+
+
+def _read_verl_rl(record: Mapping, index: int, source: str, options: PrepOptions) -> Parsed:
     prompt = record["prompt"]
     if not isinstance(prompt, list | tuple) or not prompt:
         raise _fail("bad_field", "prompt must be a non-empty list of {role, content} messages")
@@ -255,9 +286,14 @@ def _convert_verl_rl(record: Mapping, index: int, source: str, options: PrepOpti
         "meta": _meta(given.get("meta")),
     }
     _check_rl_reference(ground_truth, extra_info, options)
-    images, image_meta = _load_images(_image_list(record.get("images")), options)
-    _check_placeholders([m["content"] for m in messages], len(images))
-    return _rl_row(record, messages, images, ground_truth, {**extra_info, "image_meta": image_meta}, options)
+    references = _image_list(record.get("images"))
+    _check_placeholders([m["content"] for m in messages], len(references))
+    asked = "\n".join(m["content"] for m in messages if m["role"] == "user")
+
+    def build(images: list[dict], image_meta: str) -> dict:
+        return _rl_row(record, messages, images, ground_truth, {**extra_info, "image_meta": image_meta}, options)
+
+    return Parsed(_qa_content(asked, ground_truth, references), build)
 
 
 def _rl_row(
@@ -283,8 +319,8 @@ def _check_rl_reference(ground_truth: str, extra_info: dict, options: PrepOption
         raise _fail(code, str(exc)) from None
 
 
-@_guarded
-def convert_sft(record: Mapping, index: int, source: str, options: PrepOptions) -> dict:
+@_converter
+def convert_sft(record: Mapping, index: int, source: str, options: PrepOptions) -> Parsed:
     """A LLaVA/ShareGPT conversation to verl's multi-turn SFT row (``messages`` + ``images``)."""
     conversations = record.get("conversations")
     if conversations is None:
@@ -305,25 +341,34 @@ def convert_sft(record: Mapping, index: int, source: str, options: PrepOptions) 
         messages.append({"role": role, "content": value})
     if not any(m["role"] == "assistant" for m in messages):
         raise _fail("empty_conversation", "no gpt/assistant turn: nothing to train on")
-    images, image_meta = _load_images(_image_list(record.get("image", record.get("images"))), options)
-    _check_placeholders([m["content"] for m in messages], len(images))
-    return {"messages": messages, "images": images, "extra_info": {"index": index, "source": source, "image_meta": image_meta}}
+    references = _image_list(record.get("image", record.get("images")))
+    _check_placeholders([m["content"] for m in messages], len(references))
+    text = "\n".join(f"{m['role']}: {_without_placeholders(m['content'])}" for m in messages)
+
+    def build(images: list[dict], image_meta: str) -> dict:
+        return {"messages": messages, "images": images,
+                "extra_info": {"index": index, "source": source, "image_meta": image_meta}}
+
+    return Parsed(Content(text, references), build)
 
 
-@_guarded
-def convert_caption(record: Mapping, index: int, source: str, options: PrepOptions) -> dict:
+@_converter
+def convert_caption(record: Mapping, index: int, source: str, options: PrepOptions) -> Parsed:
     """An image-caption record (``image`` path/list/base64 + ``text``) to a CPT row: images, then the text."""
     text = _text(record, "text")
     references = _image_list(record.get("image", record.get("images")))
     if not references:
         raise _fail("missing_field", "a caption record needs at least one image in 'image'")
-    images, image_meta = _load_images(references, options)
-    segments = [{"type": "image", "text": None} for _ in images] + [{"type": "text", "text": text}]
-    return _cpt_row(record, "caption", segments, images, index, source, image_meta, options)
+
+    def build(images: list[dict], image_meta: str) -> dict:
+        segments = [{"type": "image", "text": None} for _ in images] + [{"type": "text", "text": text}]
+        return _cpt_row(record, "caption", segments, images, index, source, image_meta, options)
+
+    return Parsed(Content(text, references), build)
 
 
-@_guarded
-def convert_interleaved(record: Mapping, index: int, source: str, options: PrepOptions) -> dict:
+@_converter
+def convert_interleaved(record: Mapping, index: int, source: str, options: PrepOptions) -> Parsed:
     """An interleaved document (parallel ``texts`` / ``image_info`` lists) to a CPT row, segments in order."""
     texts, infos = record.get("texts"), record.get("image_info")
     if not isinstance(texts, list) or not isinstance(infos, list):
@@ -343,8 +388,11 @@ def convert_interleaved(record: Mapping, index: int, source: str, options: PrepO
                 segments.append({"type": "text", "text": text})
     if not any(s["type"] == "text" for s in segments):
         raise _fail("missing_field", "an interleaved record needs at least one non-empty text")
-    images, image_meta = _load_images(references, options)
-    return _cpt_row(record, "interleaved", segments, images, index, source, image_meta, options)
+
+    def build(images: list[dict], image_meta: str) -> dict:
+        return _cpt_row(record, "interleaved", segments, images, index, source, image_meta, options)
+
+    return Parsed(Content("\n".join(s["text"] for s in segments if s["type"] == "text"), references), build)
 
 
 def _cpt_row(
@@ -367,3 +415,14 @@ CONVERTERS: dict[str, tuple[Callable[..., dict | Reject], str]] = {
     "caption": (convert_caption, "cpt"),
     "interleaved": (convert_interleaved, "cpt"),
 }
+
+
+def read_content(kind: str, record: object, index: int, source: str, options: PrepOptions) -> Content | Reject:
+    """What a record of input kind `kind` says, or why ``medverl prep`` would reject it (its images not loaded)."""
+    if not isinstance(record, Mapping):
+        return Reject("not_an_object", f"a record must be a JSON object, got {type(record).__name__}")
+    converter, _ = CONVERTERS[kind]
+    try:
+        return converter.read(record, index, source, options).content
+    except _Rejected as exc:
+        return exc.reject

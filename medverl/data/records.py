@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pyarrow.parquet as pq
+
+from medverl.data.job import EXCERPT_CHARS, Rejected, excerpt
+from medverl.errors import ConfigError
 
 _CHUNK = 1 << 20
 
@@ -30,9 +35,29 @@ class Record:
     error: str = ""
     excerpt: str = ""
 
+    def rejected(self, code: str, reason: str) -> Rejected:
+        """This record as a reject line."""
+        return Rejected(self.position, self.source, code, reason, self.excerpt or excerpt(self.data))
 
-class InputError(ValueError):
+
+class InputError(ConfigError, ValueError):
     """An input file that cannot be read at all (missing, unknown format, broken JSON array)."""
+
+
+def count_records(paths: Iterable[str | Path]) -> int | None:
+    """How many records `paths` hold (non-blank JSONL lines, parquet rows), or None when a JSON array makes it
+    costly to know."""
+    total = 0
+    for path in map(Path, paths):
+        suffix = path.suffix.lower()
+        if suffix == ".parquet":
+            total += pq.ParquetFile(path).metadata.num_rows
+        elif suffix in (".jsonl", ".ndjson"):
+            with path.open("rb") as f:
+                total += sum(1 for line in f if line.strip())
+        else:
+            return None
+    return total
 
 
 def iter_records(path: str | Path) -> Iterator[Record]:
@@ -50,18 +75,32 @@ def iter_records(path: str | Path) -> Iterator[Record]:
     raise InputError(f"{path}: unknown input format {suffix!r}; use .jsonl, .json (an array) or .parquet")
 
 
+def iter_jsonl(path: str | Path) -> Iterator[Record]:
+    """Records of a JSONL file of any name, or of standard input for ``-``."""
+    if str(path) == "-":
+        return _jsonl_lines(sys.stdin.buffer, "stdin")
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"input file not found: {path}")
+    return _jsonl(path)
+
+
 def _jsonl(path: Path) -> Iterator[Record]:
     with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            line = raw.decode("utf-8", errors="replace")
-            if not line.strip():
-                continue
-            source = f"{path.name}:{number}"
-            try:
-                yield Record(source, number, json.loads(line))
-            except json.JSONDecodeError as exc:
-                yield Record(source, number, error=f"malformed JSON line: {exc.msg} at column {exc.colno}",
-                             excerpt=line[:200])
+        yield from _jsonl_lines(f, path.name)
+
+
+def _jsonl_lines(f: IO[bytes], name: str) -> Iterator[Record]:
+    for number, raw in enumerate(f, start=1):
+        line = raw.decode("utf-8", errors="replace")
+        if not line.strip():
+            continue
+        source = f"{name}:{number}"
+        try:
+            yield Record(source, number, json.loads(line))
+        except json.JSONDecodeError as exc:
+            yield Record(source, number, error=f"malformed JSON line: {exc.msg} at column {exc.colno}",
+                         excerpt=line[:EXCERPT_CHARS])
 
 
 def _json_array(path: Path) -> Iterator[Record]:
@@ -127,3 +166,16 @@ def _parquet(path: Path) -> Iterator[Record]:
         for row in batch.to_pylist():
             yield Record(f"{path.name}[{index}]", index, row)
             index += 1
+
+
+def json_object(record: Record, required: Sequence[str] = ()) -> dict | Rejected:
+    """The record's JSON object, or the reject saying why it is not an object with the `required` fields."""
+    if record.error:
+        return record.rejected("malformed_json", record.error)
+    if not isinstance(record.data, dict):
+        return record.rejected("not_an_object", f"a record must be a JSON object, got {type(record.data).__name__}")
+    missing = [name for name in required if name not in record.data]
+    if missing:
+        return record.rejected("missing_field", f"missing field(s) {', '.join(missing)}; the record has "
+                               f"{', '.join(sorted(record.data)) or 'no keys'}")
+    return record.data

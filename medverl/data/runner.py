@@ -11,6 +11,7 @@ whatever the number of workers.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import dataclasses
 import itertools
@@ -19,7 +20,6 @@ import logging
 import multiprocessing
 import os
 import pickle
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -31,14 +31,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from medverl.arguments import add_plugins, positive_int, print_job
 from medverl.data.converters import CONVERTERS, PrepOptions, Reject
-from medverl.data.records import Record, iter_records
-from medverl.data.schemas import SCHEMA_VERSION, schema_for
+from medverl.data.images import CHECK_LEVELS
+from medverl.data.job import Job, JobError, Rejected, fingerprint_inputs, windows
+from medverl.data.records import Record, count_records, iter_records
+from medverl.data.schemas import schema_for
+from medverl.prompts import TEMPLATES, load_template, template_record
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-REJECTS = "rejects.jsonl"
+ENGINES = ("local", "ray")
 # Rows are handed to Arrow and written as one row group per this many bytes, so a worker's memory stays bounded.
 ROW_GROUP_BYTES = 8 << 20
 
@@ -76,21 +79,11 @@ class PrepJob:
         options["plugins"] = list(self.options.plugins)
         return {
             "kind": self.kind,
-            "inputs": list(self.inputs),
+            "inputs": fingerprint_inputs(self.inputs),
             "options": options,
             "rows_per_shard": self.rows_per_shard,
             "max_shard_bytes": self.max_shard_bytes,
         }
-
-
-@dataclass
-class _State:
-    read: int = 0
-    written: int = 0
-    rejected: int = 0
-    rejected_by_reason: Counter = field(default_factory=Counter)
-    shards: list[dict] = field(default_factory=list)
-    rejects_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -107,7 +100,7 @@ class _Done:
     number: int
     read: int
     files: list[tuple[str, int]]
-    rejects: list[dict]
+    rejects: list[Rejected]
 
 
 def _convert(task: tuple[str, Record, int, PrepOptions]) -> dict | Reject:
@@ -213,12 +206,6 @@ class _ShardWriter:
         self.file_bytes = self.file_rows = 0
 
 
-def _excerpt(record: Record) -> str:
-    if record.excerpt:
-        return record.excerpt
-    return json.dumps(record.data, ensure_ascii=False, default=repr)[:200]
-
-
 def _finish_window(job: PrepJob, window: _Window, results: Iterable[dict | Reject]) -> _Done:
     """Write a window's rows, as `results` yields them, under temporary names and collect its rejects."""
     _, parquet_kind = CONVERTERS[job.kind]
@@ -227,8 +214,7 @@ def _finish_window(job: PrepJob, window: _Window, results: Iterable[dict | Rejec
     rejects = []
     for record, result in zip(window.records, results, strict=True):
         if isinstance(result, Reject):
-            rejects.append({"index": record.position, "source": record.source, "code": result.code,
-                            "reason": result.reason, "excerpt": _excerpt(record)})
+            rejects.append(record.rejected(result.code, result.reason))
         else:
             writer.add(result)
     return _Done(window.number, len(window.records), writer.close(), rejects)
@@ -261,112 +247,60 @@ def _process_in_worker(window: _Window) -> _Done:
     return _process_window(_WORKER[0], window, _count_in_worker)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _windows(job: PrepJob, start: int) -> Iterator[_Window]:
-    records = itertools.islice(itertools.chain.from_iterable(iter_records(p) for p in job.inputs), start, None)
-    for number in itertools.count(start // job.rows_per_shard):
-        batch = list(itertools.islice(records, job.rows_per_shard))
-        if not batch:
-            return
-        yield _Window(number, number * job.rows_per_shard, batch)
+    records = itertools.chain.from_iterable(iter_records(p) for p in job.inputs)
+    for first, batch in windows(records, job.rows_per_shard, start):
+        yield _Window(first // job.rows_per_shard, first, batch)
 
 
 def run_prep(
-    job: PrepJob, *, workers: int = 1, resume: bool = False, progress: bool = True, engine: str = "local"
+    job: PrepJob, *, workers: int = 1, resume: bool = False, progress: bool = True, engine: str = "local",
+    info: dict | None = None,
 ) -> dict:
     """Run `job`; returns the manifest (also written to ``OUTPUT/manifest.json``).
 
     `engine` "local" converts and writes in `workers` processes of this machine; "ray" converts on Ray Data across
     the cluster ``ray.init`` connects to, and this process writes the shards (the output is the same bytes either
-    way).
+    way). `info` adds fields to the manifest.
 
     Raises:
-        FileExistsError: the output directory holds another job's results and `resume` is not set.
-        ValueError: resuming a job whose inputs or options differ.
+        JobError: the output directory holds another job's output and `resume` is not set, or resuming a job
+            whose inputs (their content) or options differ.
         InputError: an input file cannot be read at all.
     """
-    if engine not in ("local", "ray"):
-        raise ValueError(f"unknown engine {engine!r}; use local or ray")
-    out = job.output
-    out.mkdir(parents=True, exist_ok=True)
-    manifest_path, rejects_path = out / MANIFEST, out / REJECTS
-    state = _State()
-    if manifest_path.exists():
-        previous = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if not resume:
-            raise FileExistsError(f"{out} already holds a job's output ({MANIFEST}); pass --resume or use a new directory")
-        if previous.get("job") != job.fingerprint():
-            raise ValueError(f"cannot resume {out}: its job had other inputs or options ({manifest_path})")
-        if previous.get("complete"):
-            logger.info("%s is already complete", out)
-            return previous
-        state = _State(
-            previous["read"], previous["written"], previous["rejected"], Counter(previous["rejected_by_reason"]),
-            previous["shards"], previous["rejects_bytes"],
-        )
-        known = {s["file"] for s in state.shards}
-        for stray in [*out.glob("part-*.parquet"), *out.glob(".window-*.tmp")]:  # written after the last manifest
-            if stray.name not in known:
-                stray.unlink()
-    elif any(out.glob("part-*.parquet")):
-        raise FileExistsError(f"{out} holds parquet shards but no {MANIFEST}; use an empty directory")
-
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
     _, parquet_kind = CONVERTERS[job.kind]
-    with rejects_path.open("ab") as f:
-        f.truncate(state.rejects_bytes)
-    rejects = rejects_path.open("a", encoding="utf-8")
+    info = {**(info or {}), **({"template": template_record(job.options.template)} if parquet_kind == "rl" else {})}
+    with Job(job.output, parquet_kind, job.fingerprint(), resume=resume, info=info) as out:
+        if out.complete:
+            logger.info("%s is already complete", job.output)
+            return out.manifest()
+        if out.read % job.rows_per_shard:
+            raise JobError(f"cannot resume {job.output}: its manifest stops inside a window ({out.read} records read)")
+        return _run(job, out, workers, engine, progress)
 
-    def write_manifest(complete: bool) -> dict:
-        rejects.flush()
-        state.rejects_bytes = rejects.tell()
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "kind": parquet_kind,
-            "read": state.read,
-            "written": state.written,
-            "rejected": state.rejected,
-            "rejected_by_reason": dict(sorted(state.rejected_by_reason.items())),
-            "shards": state.shards,
-            "rejects": REJECTS,
-            "rejects_bytes": state.rejects_bytes,
-            "complete": complete,
-            "job": job.fingerprint(),
-        }
-        _atomic_write(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
-        return manifest
 
+def _run(job: PrepJob, out: Job, workers: int, engine: str, progress: bool) -> dict:
     def commit(done: _Done) -> None:
         """Make a finished window part of the output, in input order."""
         for tmp, rows in done.files:
-            name = f"part-{len(state.shards):05d}.parquet"
-            os.replace(out / tmp, out / name)
-            state.shards.append({"file": name, "rows": rows})
-            state.written += rows
-        for entry in done.rejects:
-            state.rejected += 1
-            state.rejected_by_reason[entry["code"]] += 1
-            rejects.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        state.read += done.read
-        write_manifest(complete=False)
+            out.add_shard(job.output / tmp, rows)
+        for rejected in done.rejects:
+            out.reject(rejected)
+        out.commit(done.read)
 
-    if state.read % job.rows_per_shard:
-        raise ValueError(f"cannot resume {out}: its manifest stops inside a window ({state.read} records read)")
-    windows = _windows(job, state.read)
-    bar = tqdm(desc=f"prep {job.kind}", unit=" records", initial=state.read, disable=not progress or None)
+    windows_ = _windows(job, out.read)
+    bar = out.progress(f"prep {job.kind}", count_records(job.inputs), progress)
     pool = None
     try:
         if engine == "ray":
-            for window in windows:
+            for window in windows_:
                 tasks = [(job.kind, r, window.first + i, job.options) for i, r in enumerate(window.records)]
                 commit(_finish_window(job, window, _ray_data_map(tasks)))
                 bar.update(len(window.records))
         elif workers <= 1:
-            for window in windows:
+            for window in windows_:
                 commit(_process_window(job, window, lambda: bar.update(1)))
         else:
             converted = multiprocessing.get_context("spawn").Value("q", 0)
@@ -380,7 +314,7 @@ def run_prep(
                 bar.update(converted.value - reported)
                 reported = converted.value
 
-            for window in itertools.chain(windows, [None]):
+            for window in itertools.chain(windows_, [None]):
                 if window is not None:
                     in_flight.append(pool.submit(_process_in_worker, window))
                 while in_flight and (window is None or len(in_flight) >= 2 * workers):
@@ -390,20 +324,71 @@ def run_prep(
                         done = in_flight.popleft().result()
                     except BrokenProcessPool:
                         raise RuntimeError(
-                            f"a worker process died (killed for memory?) converting records {state.read}+ of {out}; "
+                            f"a worker process died (killed for memory?) converting records {out.read}+ of {job.output}; "
                             "rerun with --resume, with fewer --workers or a smaller --rows-per-shard"
                         ) from None
                     commit(done)
             report()
             pool.shutdown()  # reaps the workers (their memory then counts in this process's children)
             pool = None
-        manifest = write_manifest(complete=True)
+        return out.finish()
     finally:
         bar.close()
-        rejects.close()
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-    if state.read != state.written + state.rejected:  # the invariant every consumer relies on
-        raise RuntimeError(f"internal error: read {state.read} != written {state.written} + rejected {state.rejected}")
-    logger.info("%s: read %d, wrote %d, rejected %d", out, state.read, state.written, state.rejected)
-    return manifest
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``medverl prep``'s arguments."""
+    defaults = {f.name: f.default for f in dataclasses.fields(PrepOptions)}
+    parser.add_argument("kind", choices=list(CONVERTERS), help="the input records' kind")
+    parser.add_argument("inputs", nargs="+", help=".jsonl, .json (an array) or .parquet files")
+    parser.add_argument("--output", required=True, help="output directory (part-NNNNN.parquet, rejects.jsonl, "
+                        "manifest.json)")
+    parser.add_argument("--image-root", help="base directory of relative image paths")
+    parser.add_argument("--workers", type=positive_int, default=1, help="worker processes")
+    parser.add_argument("--rows-per-shard", type=positive_int, default=1000,
+                        help="input records per window; each window is written to its own shard(s)")
+    parser.add_argument("--max-pixels", type=positive_int, help="written into every image dict; verl resizes to at "
+                        "most this")
+    parser.add_argument("--min-pixels", type=positive_int, help="written into every image dict; verl resizes to at "
+                        "least this")
+    parser.add_argument("--pixel-limit", type=positive_int, default=defaults["pixel_limit"],
+                        help="reject larger images (decompression bombs)")
+    parser.add_argument("--image-check", choices=CHECK_LEVELS, default=defaults["image_check"],
+                        help="structure: JPEG markers and PNG chunk CRCs, at disk speed; decode: every pixel decoded")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted job in the same directory")
+    parser.add_argument("--engine", choices=ENGINES, default="local",
+                        help="local: --workers processes here; ray: Ray Data on the cluster of --ray-address")
+    parser.add_argument("--ray-address", help="Ray cluster address (default: start or join a local one)")
+    parser.add_argument("--data-source", help="data_source for records without one (default: the first input's name)")
+    parser.add_argument("--split", default=defaults["split"], help="extra_info.split for RL records without one")
+    parser.add_argument("--query-type", help="query_type for RL records without one")
+    parser.add_argument("--template", default=TEMPLATES[0],
+                        help=f"RL prompt template: {', '.join(TEMPLATES)}, or a file with {{question}} {{options}} "
+                        "{answer_hint}")
+    add_plugins(parser)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``medverl prep``."""
+    options = PrepOptions(
+        image_root=Path(args.image_root) if args.image_root else None,
+        max_pixels=args.max_pixels,
+        min_pixels=args.min_pixels,
+        pixel_limit=args.pixel_limit,
+        image_check=args.image_check,
+        data_source=args.data_source or Path(args.inputs[0]).stem,
+        split=args.split,
+        query_type=args.query_type,
+        template=load_template(args.template),
+        plugins=tuple(args.plugins),
+    )
+    for path in args.inputs:
+        iter_records(path)  # a missing or unknown input is a usage error before anything runs
+    job = PrepJob(args.kind, tuple(args.inputs), Path(args.output), options, args.rows_per_shard)
+    if args.engine == "ray":
+        import ray
+
+        ray.init(address=args.ray_address, ignore_reinit_error=True)
+    return print_job(run_prep(job, workers=args.workers, resume=args.resume, engine=args.engine), args.output)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
 import io
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +12,11 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
+from medverl.arguments import EXIT_NOTHING_USABLE, EXIT_OK, add_reward_options, positive_int, reward_kwargs
 from medverl.data.converters import IMAGE_PLACEHOLDER
+from medverl.data.prepared import Prepared, check_reward_options, open_prepared
+from medverl.data.schemas import KINDS
+from medverl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +29,7 @@ class ValidationReport:
     rows: int = 0
     manifest_written: int | None = None
     kept_by_verl: int | None = None
+    processor: str | None = None
     problems: list[str] = field(default_factory=list)
     token_lengths: list[int] = field(default_factory=list)
 
@@ -40,6 +45,8 @@ class ValidationReport:
             lines.append(f"| rows the manifest says were written | {self.manifest_written} |")
         if self.kept_by_verl is not None:
             lines.append(f"| rows verl's dataset keeps | {self.kept_by_verl} |")
+        elif self.processor is None:
+            lines.append("| verl's datasets | not run: pass --processor MODEL_DIR to load every row through them |")
         if self.token_lengths:
             p50, p90, p99 = np.percentile(self.token_lengths, [50, 90, 99])
             lines.append(
@@ -61,37 +68,29 @@ def _texts_of(kind: str, row: dict) -> list[str]:
     return []
 
 
-def _check_rows(directory: Path, kind: str, report: ValidationReport) -> list[Path]:
-    shards = sorted(directory.glob("part-*.parquet"))
-    if not shards:
-        report.problems.append(f"no part-*.parquet shards in {directory}")
-        return shards
-    for shard in shards:
-        for batch in pq.ParquetFile(shard).iter_batches(batch_size=64):
-            for row in batch.to_pylist():
-                where = f"{shard.name} index {row.get('extra_info', {}).get('index')}"
-                report.rows += 1
-                images = row.get("images") or []
-                if kind == "cpt":
-                    expected = sum(1 for s in row["segments"] if s["type"] == "image")
-                else:
-                    expected = sum(t.count(IMAGE_PLACEHOLDER) for t in _texts_of(kind, row))
-                if expected != len(images):
-                    report.problems.append(f"{where}: {expected} image place(s) for {len(images)} image(s)")
-                for i, image in enumerate(images):
-                    try:
-                        Image.open(io.BytesIO(image["bytes"])).load()
-                    except Exception as exc:
-                        report.problems.append(f"{where}: image {i} does not decode: {exc}")
-    manifest = directory / "manifest.json"
-    if manifest.exists():
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-        report.manifest_written = data.get("written")
-        if not data.get("complete"):
-            report.problems.append("manifest says the job did not complete; run medverl prep --resume")
-        if report.manifest_written != report.rows:
-            report.problems.append(f"manifest says {report.manifest_written} rows were written, shards hold {report.rows}")
-    return shards
+def _check_rows(prepared: Prepared, report: ValidationReport) -> None:
+    kind = prepared.kind
+    report.manifest_written = prepared.manifest["written"]
+    if not prepared.complete:
+        report.problems.append("the job that wrote it did not complete; rerun it with --resume")
+    for shard, batch in prepared.batches(batch_size=64):
+        for row in batch:
+            where = f"{shard.name} index {row.get('extra_info', {}).get('index')}"
+            report.rows += 1
+            images = row.get("images") or []
+            if kind == "cpt":
+                expected = sum(1 for s in row["segments"] if s["type"] == "image")
+            else:
+                expected = sum(t.count(IMAGE_PLACEHOLDER) for t in _texts_of(kind, row))
+            if expected != len(images):
+                report.problems.append(f"{where}: {expected} image place(s) for {len(images)} image(s)")
+            for i, image in enumerate(images):
+                try:
+                    Image.open(io.BytesIO(image["bytes"])).load()
+                except Exception as exc:
+                    report.problems.append(f"{where}: image {i} does not decode: {exc}")
+    if report.manifest_written != report.rows:
+        report.problems.append(f"manifest says {report.manifest_written} rows were written, shards hold {report.rows}")
 
 
 def _rl_through_verl(shards: list[Path], model_dir: str, max_prompt_length: int, report: ValidationReport) -> None:
@@ -154,25 +153,63 @@ def _sft_trainer_dataset(shards: list[Path], kind: str, model_dir: str, max_leng
     report.kept_by_verl = kept
 
 
-def validate(directory: str | Path, kind: str, model_dir: str | None = None, max_length: int = 4096) -> ValidationReport:
+def _check_processor(model_dir: str) -> None:
+    """A local model directory that is not there is a usage error (the hub would say "Repo id must be ...")."""
+    path = Path(model_dir).expanduser()
+    looks_local = path.is_absolute() or model_dir.startswith((".", "~")) or model_dir.count("/") != 1
+    if not path.exists() and looks_local:
+        raise ConfigError(f"--processor {model_dir}: no such directory; pass a local model directory with the "
+                          "tokenizer and processor files (or a hub id such as Qwen/Qwen2.5-VL-3B-Instruct)")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--processor {model_dir}: not a directory")
+
+
+def validate(
+    directory: str | Path, model_dir: str | None = None, max_length: int = 4096, reward_kwargs: dict | None = None,
+) -> ValidationReport:
     """Check a prepared directory: structure, images, and (with `model_dir`) loading through verl's datasets.
 
     Args:
-        directory: a ``medverl prep`` output directory.
-        kind: "rl", "sft" or "cpt".
+        directory: a ``medverl prep`` output directory; its manifest gives the kind.
         model_dir: a model directory with tokenizer and processor (``--processor``), for verl's datasets.
         max_length: ``max_prompt_length`` for RL, ``max_length`` for SFT and CPT.
+        reward_kwargs: for RL, the GRPO stage's reward options, checked against the data's prompt template.
     """
-    if kind not in ("rl", "sft", "cpt"):
-        raise ValueError(f"unknown kind {kind!r}; use rl, sft or cpt")
-    directory = Path(directory)
-    report = ValidationReport(kind)
-    shards = _check_rows(directory, kind, report)
+    prepared = open_prepared(directory, KINDS, complete=False)
+    if model_dir is not None:
+        _check_processor(model_dir)
+    report = ValidationReport(prepared.kind, processor=model_dir)
+    if prepared.kind == "rl":
+        report.problems += check_reward_options(prepared.manifest, reward_kwargs or {})
+    _check_rows(prepared, report)
+    shards = prepared.shards
     if shards and model_dir is not None:
-        if kind == "rl":
+        if prepared.kind == "rl":
             _rl_through_verl(shards, model_dir, max_length, report)
         else:
-            _sft_trainer_dataset(shards, kind, model_dir, max_length, report)
+            _sft_trainer_dataset(shards, prepared.kind, model_dir, max_length, report)
         if report.kept_by_verl is not None and report.kept_by_verl != report.rows:
             report.problems.insert(0, f"verl keeps {report.kept_by_verl} of {report.rows} rows")
     return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``medverl validate``'s arguments."""
+    parser.add_argument("directory", help="a medverl prep output directory (its manifest gives the kind)")
+    parser.add_argument("--processor", help="model directory with the tokenizer and processor to load the data "
+                        "with (without it verl's datasets are not run)")
+    parser.add_argument("--max-prompt-length", type=positive_int, default=4096,
+                        help="verl's data.max_prompt_length (RL) or data.max_length (SFT, CPT)")
+    parser.add_argument("--report", help="also write the report to this markdown file")
+    group = parser.add_argument_group("RL: the GRPO stage's reward options, checked against the prompt template")
+    add_reward_options(group)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``medverl validate``."""
+    report = validate(args.directory, args.processor, args.max_prompt_length, reward_kwargs(args))
+    text = report.markdown()
+    print(text)
+    if args.report:
+        Path(args.report).write_text(text, encoding="utf-8")
+    return EXIT_OK if report.ok else EXIT_NOTHING_USABLE

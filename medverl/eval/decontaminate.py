@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
-import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from medverl.data.runner import MANIFEST, REJECTS
-from medverl.data.schemas import SCHEMA_VERSION
+from medverl.arguments import EXIT_OK, print_job
+from medverl.data.job import Job, Rejected, excerpt
+from medverl.data.prepared import open_prepared
+from medverl.data.schemas import KINDS
+from medverl.errors import ConfigError
 from medverl.rewards import normalize
 
 _PLACEHOLDER = re.compile(r"<image>")
@@ -46,76 +48,72 @@ class Contamination:
 def _eval_keys(against: list[str | Path]) -> tuple[dict[str, str], dict[str, str]]:
     images, questions = {}, {}
     for directory in against:
-        for shard in sorted(Path(directory).glob("part-*.parquet")):
-            for row in pq.read_table(shard).to_pylist():
-                name = row.get("data_source") or Path(directory).name
-                for digest in _row_images(row):
-                    images.setdefault(digest, name)
-                for question in _row_questions(row):
-                    if key := question_key(question):
-                        questions.setdefault(key, name)
+        for row in open_prepared(directory, ("rl",)).rows():
+            name = row.get("data_source") or Path(directory).name
+            for digest in _row_images(row):
+                images.setdefault(digest, name)
+            for question in _row_questions(row):
+                if key := question_key(question):
+                    questions.setdefault(key, name)
     if not images and not questions:
-        raise FileNotFoundError(f"no evaluation rows found in {', '.join(map(str, against))}")
+        raise ConfigError(f"no evaluation rows found in {', '.join(map(str, against))}")
     return images, questions
 
 
 def decontaminate(
     train_dir: str | Path, against: list[str | Path], output: str | Path | None = None,
-) -> Contamination:
+) -> tuple[Contamination, dict]:
     """Find training rows sharing an image (content hash) or a normalised question with any evaluation set.
 
-    With `output`, the clean rows are written there (one shard per input shard, same schema) and every dropped row
-    goes to its ``rejects.jsonl`` with the reason, with a manifest: ``read == written + rejected``.
+    With `output`, the clean rows are written there (one shard per input shard, same schema, the training job's
+    options in the manifest) and every dropped row goes to its ``rejects.jsonl`` with the reason.
+
+    Returns:
+        What was found, and the job's manifest (``read == written + rejected``).
     """
+    train = open_prepared(train_dir, KINDS)
     images, questions = _eval_keys(against)
     result = Contamination()
-    shards = sorted(Path(train_dir).glob("part-*.parquet"))
-    if not shards:
-        raise FileNotFoundError(f"{train_dir}: no part-*.parquet shards")
-    written, rejected, by_reason, out_shards = 0, 0, {}, []
-    if output is not None:
-        output = Path(output)
-        output.mkdir(parents=True, exist_ok=True)
-        if (output / MANIFEST).exists():
-            raise FileExistsError(f"{output} already holds a job's output; use a new directory")
-        rejects = (output / REJECTS).open("w", encoding="utf-8")
-    for shard in shards:
-        table = pq.read_table(shard)
-        keep = []
-        for position, row in enumerate(table.to_pylist()):
-            result.read += 1
-            reasons = [f"contaminated_image: its image is in {images[d]}" for d in _row_images(row) if d in images]
-            reasons += [f"contaminated_question: the question is in {questions[k]}"
-                        for k in map(question_key, _row_questions(row)) if k in questions]
-            index = (row.get("extra_info") or {}).get("index", position)
-            if reasons:
-                result.matches[(shard.name, index)] = reasons
-            keep.append(not reasons)
-            if output is not None and reasons:
-                code = reasons[0].split(":", 1)[0]
-                by_reason[code] = by_reason.get(code, 0) + 1
-                rejected += 1
-                rejects.write(json.dumps({"index": index, "source": (row.get("extra_info") or {}).get("source", ""),
-                                          "code": code, "reason": "; ".join(reasons),
-                                          "excerpt": " ".join(_row_questions(row))[:200]}, ensure_ascii=False) + "\n")
-        if output is not None:
+    spec = {**train.manifest["job"], "decontaminated": {"train": str(train_dir), "against": [str(a) for a in against]}}
+    info = {"template": train.template} if train.template else {}
+    with Job(output, train.kind, spec, info=info) as job:
+        for shard in train.shards:
+            table = pq.read_table(shard)
+            keep = []
+            for position, row in enumerate(table.to_pylist()):
+                reasons = [f"contaminated_image: its image is in {images[d]}" for d in _row_images(row) if d in images]
+                reasons += [f"contaminated_question: the question is in {questions[k]}"
+                            for k in map(question_key, _row_questions(row)) if k in questions]
+                extra_info = row.get("extra_info") or {}
+                index = extra_info.get("index", position)
+                keep.append(not reasons)
+                if reasons:
+                    result.matches[(shard.name, index)] = reasons
+                    job.reject(Rejected(index, extra_info.get("source", ""), reasons[0].split(":", 1)[0],
+                                        "; ".join(reasons), excerpt(" ".join(_row_questions(row)))))
             kept = table.filter(keep)
             if kept.num_rows:
-                tmp = output / (shard.name + ".tmp")
-                pq.write_table(kept, tmp)
-                os.replace(tmp, output / shard.name)
-                out_shards.append({"file": shard.name, "rows": kept.num_rows})
-                written += kept.num_rows
-    if output is not None:
-        rejects.close()
-        manifest = {"schema_version": SCHEMA_VERSION, "read": result.read, "written": written, "rejected": rejected,
-                    "rejected_by_reason": dict(sorted(by_reason.items())), "shards": out_shards, "rejects": REJECTS,
-                    "complete": True, "decontaminated_against": [str(a) for a in against]}
-        source_manifest = Path(train_dir) / MANIFEST
-        if source_manifest.exists():
-            previous = json.loads(source_manifest.read_text(encoding="utf-8"))
-            manifest["kind"], manifest["job"] = previous.get("kind"), previous.get("job")
-        if result.read != written + rejected:
-            raise RuntimeError(f"internal error: read {result.read} != written {written} + rejected {rejected}")
-        (output / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return result
+                job.write_table(kept)
+            job.commit(table.num_rows)
+        result.read = job.read
+        return result, job.finish()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``medverl eval decontaminate``'s arguments."""
+    parser.add_argument("train", help="a prepared training directory (medverl prep)")
+    parser.add_argument("--against", nargs="+", required=True, help="prepared evaluation directories (eval prepare)")
+    parser.add_argument("--drop", metavar="DIR", help="write the clean rows here (a prepared directory), the dropped "
+                        "ones to its rejects.jsonl")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``medverl eval decontaminate``."""
+    result, manifest = decontaminate(args.train, args.against, args.drop)
+    for (shard, index), reasons in sorted(result.matches.items()):
+        print(f"{shard} index {index}: {'; '.join(reasons)}")
+    print(f"{len(result.matches)} of {result.read} training rows found in the evaluation sets")
+    if args.drop:
+        return print_job(manifest, args.drop)
+    print("(--drop DIR writes the clean rows)")
+    return EXIT_OK

@@ -2,34 +2,61 @@
 
 from __future__ import annotations
 
+import argparse
 import json
-import tempfile
 from pathlib import Path
 
+from medverl.arguments import positive_int, print_job
 from medverl.data.converters import PrepOptions
 from medverl.data.runner import PrepJob, run_prep
+from medverl.errors import ConfigError
 from medverl.eval.benchmarks import READERS
-from medverl.prompts import load_template
+from medverl.prompts import TEMPLATES, load_template
 
 
 def prepare(
     benchmark: str, source: str | Path, output: str | Path, *, max_pixels: int | None = None,
-    template: str = "think_answer", workers: int = 1, progress: bool = True,
+    template: str = TEMPLATES[0], workers: int = 1, resume: bool = False, progress: bool = True,
 ) -> dict:
     """Convert `benchmark` from `source` into RL shards in `output`; returns the manifest.
 
     Every question is written or rejected with its reason (``rejects.jsonl``); a reject's ``source`` is
-    ``BENCHMARK.jsonl:N``, the N-th question in the distribution's order.
+    ``BENCHMARK.jsonl:N``, the N-th question in the distribution's order. The questions are first written to
+    ``OUTPUT/BENCHMARK.jsonl`` (removed once the job completes), the job's input.
     """
     if benchmark not in READERS:
         raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(READERS)}")
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
-        records = Path(tmp) / f"{benchmark}.jsonl"
+    output.mkdir(parents=True, exist_ok=True)
+    records = output / f"{benchmark}.jsonl"
+    try:
         with records.open("w", encoding="utf-8") as f:
             for record in READERS[benchmark](Path(source)):
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        options = PrepOptions(max_pixels=max_pixels, data_source=benchmark, split="test",
-                              template=load_template(template))
-        return run_prep(PrepJob("rl", (str(records),), output, options), workers=workers, progress=progress)
+    except FileNotFoundError as exc:
+        records.unlink()
+        raise ConfigError(f"{benchmark}: {exc}; --source is the directory of the downloaded distribution") from None
+    options = PrepOptions(max_pixels=max_pixels, data_source=benchmark, split="test", template=load_template(template))
+    manifest = run_prep(PrepJob("rl", (str(records),), output, options), workers=workers, resume=resume,
+                        progress=progress, info={"benchmark": benchmark, "benchmark_source": str(source)})
+    records.unlink()
+    return manifest
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``medverl eval prepare``'s arguments."""
+    parser.add_argument("benchmark", choices=list(READERS), help="the benchmark to prepare")
+    parser.add_argument("--source", required=True, help="the downloaded distribution's directory")
+    parser.add_argument("--output", required=True, help="output directory (a prepared RL directory)")
+    parser.add_argument("--max-pixels", type=positive_int, help="written into every image dict (as in training)")
+    parser.add_argument("--template", default=TEMPLATES[0], help=f"the prompt template training used: "
+                        f"{', '.join(TEMPLATES)} or a file")
+    parser.add_argument("--workers", type=positive_int, default=1, help="worker processes")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted job in the same directory")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``medverl eval prepare``."""
+    manifest = prepare(args.benchmark, args.source, args.output, max_pixels=args.max_pixels, template=args.template,
+                       workers=args.workers, resume=args.resume)
+    return print_job(manifest, args.output)

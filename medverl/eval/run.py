@@ -6,14 +6,17 @@ a data URI, in OpenAI chat format. Writes the predictions JSONL that ``medverl e
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from medverl.arguments import EXIT_NOTHING_USABLE, EXIT_OK, positive_int
 from medverl.data.images import data_uri
+from medverl.data.prepared import open_prepared
+from medverl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +43,13 @@ def generate(
     tensor_parallel_size: int = 1, batch_size: int = 64,
 ) -> int:
     """Greedy answers for every row of `data_dirs`; returns the number written to `output`."""
+    rows = [row for d in data_dirs for row in open_prepared(d, ("rl",)).rows()]
+    if not rows:
+        raise ConfigError(f"no rows in {', '.join(map(str, data_dirs))}")
     try:
         from vllm import LLM, SamplingParams
     except ImportError as exc:
-        raise ImportError(f"medverl eval run needs vLLM (pip install -e '.[train]' on a GPU machine): {exc}") from exc
-    rows = [row for d in data_dirs for shard in sorted(Path(d).glob("part-*.parquet"))
-            for row in pq.read_table(shard).to_pylist()]
-    if not rows:
-        raise FileNotFoundError(f"no part-*.parquet rows in {', '.join(map(str, data_dirs))}")
+        raise ConfigError(f"medverl eval run needs vLLM (pip install -e '.[train]' on a GPU machine): {exc}") from exc
     most_images = max(len(r.get("images") or []) for r in rows)
     llm = LLM(model=model, tensor_parallel_size=tensor_parallel_size, limit_mm_per_prompt={"image": max(most_images, 1)})
     sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens)
@@ -60,3 +62,20 @@ def generate(
                                     "response": out.outputs[0].text}, ensure_ascii=False) + "\n")
     logger.info("wrote %d predictions to %s", len(rows), output)
     return len(rows)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``medverl eval run``'s arguments."""
+    parser.add_argument("--model", required=True, help="model directory or hub id to generate with")
+    parser.add_argument("--data", nargs="+", required=True, help="prepared benchmark directories (eval prepare)")
+    parser.add_argument("--output", required=True, help="predictions JSONL ({data_source, index, response} per line)")
+    parser.add_argument("--max-tokens", type=positive_int, default=2048, help="tokens generated per answer at most")
+    parser.add_argument("--tensor-parallel-size", type=positive_int, default=1, help="GPUs per model replica")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``medverl eval run``."""
+    n = generate(args.model, args.data, args.output, max_tokens=args.max_tokens,
+                 tensor_parallel_size=args.tensor_parallel_size)
+    print(f"{n} predictions -> {args.output}")
+    return EXIT_OK if n else EXIT_NOTHING_USABLE

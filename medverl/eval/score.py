@@ -1,86 +1,71 @@
-"""`medverl eval score`: predictions against prepared benchmarks, with the rewards' extraction and the seed's table.
+"""Scoring predictions with the rewards' rules: ``medverl score`` and ``medverl eval score``.
 
-Ours (default): exactly the GRPO reward's rules: the answer is the ``<answer>`` content, an answer the reward
-cannot read scores 0 and counts as a parse failure, nothing is guessed. ``compat="medevalkit"`` reproduces the
-common harness where published numbers must be compared: yes/no read as substrings of the whole response (so
-"nodule" reads as "no"), an unreadable multiple-choice answer given the most similar option (the harness may pick
-at random; the most similar option keeps scoring deterministic), open answers scored by token recall.
+``medverl score`` reads predictions that carry their own ground truth; ``eval score`` reads predictions keyed by
+(data_source, index) against prepared benchmark directories. Both score each answer with the GRPO reward's rules
+(the ``<answer>`` content; an answer the reward cannot read scores 0 and counts as a parse failure; nothing is
+guessed), reject bad lines into ``rejects.jsonl`` with their line number and reason, and exit 1 when there is one.
+``compat="medevalkit"`` reproduces the common harness where published numbers must be compared: yes/no read as
+substrings of the whole response (so "nodule" reads as "no"), an unreadable multiple-choice answer given the most
+similar option (the harness may pick at random; the most similar option keeps scoring deterministic), open answers
+scored by token recall.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import difflib
 import io
 import json
+import sys
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
+from medverl.arguments import EXIT_NOTHING_USABLE, EXIT_OK, add_reward_options, reward_options
+from medverl.data.job import Job, Rejected, excerpt, fingerprint_inputs
+from medverl.data.prepared import open_prepared
+from medverl.data.records import iter_jsonl, json_object
+from medverl.errors import ConfigError
 from medverl.eval.benchmarks import BENCHMARKS
-from medverl.rewards import RewardOptions, answer_region, extract_choice, score_sample, tokens
-from medverl.rewards.choice import gold_letters, parse_options
+from medverl.rewards import (
+    InvalidReference,
+    RewardOptions,
+    UnknownQueryType,
+    answer_region,
+    extract_choice,
+    score_sample,
+    tokens,
+)
+from medverl.rewards.choice import LETTERS, gold_letters, parse_options
 from medverl.rewards.scoring import parse_ground_truth
 
-COMPAT_MODES = ("medevalkit",)
+SCORE_FIELDS = ("solution_str", "ground_truth")
+PREDICTION_FIELDS = ("data_source", "index", "response")
+SAMPLES, REPORT = "samples.jsonl", "report.md"
 
 
 @dataclass(frozen=True)
 class SampleScore:
-    """One question scored: ``acc`` in [0, 1]; ``recall``/``f1`` of tokens for open questions."""
+    """One answer scored: ``score`` as training sees it, ``acc`` in [0, 1], the prediction read and why points were
+    lost; ``recall``/``f1`` of tokens for open questions."""
 
     model: str
     data_source: str
     index: int
     query_type: str
     answer_type: str
+    score: float
     acc: float
+    format: float
     parsed: bool
     pred: str
     reason: str
-    recall: float | None
-    f1: float | None
-    meta: dict
-
-
-class PredictionError(ValueError):
-    """Predictions that do not line up with the prepared benchmark rows."""
-
-
-def load_rows(data_dirs: Iterable[str | Path]) -> dict[tuple[str, int], dict]:
-    """Benchmark rows of prepared directories keyed by (data_source, extra_info.index)."""
-    rows = {}
-    for directory in data_dirs:
-        shards = sorted(Path(directory).glob("part-*.parquet"))
-        if not shards:
-            raise FileNotFoundError(f"{directory}: no part-*.parquet shards; run medverl eval prepare first")
-        for shard in shards:
-            table = pq.read_table(shard, columns=["data_source", "reward_model", "extra_info"])
-            for row in table.to_pylist():
-                rows[(row["data_source"], row["extra_info"]["index"])] = row
-    return rows
-
-
-def load_predictions(path: str | Path) -> dict[tuple[str, int], str]:
-    """``{"data_source", "index", "response"}`` per line; duplicates and bad lines raise naming the line."""
-    predictions = {}
-    with Path(path).open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-                key = (str(item["data_source"]), int(item["index"]))
-                response = item["response"]
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise PredictionError(f"{path}:{number}: need data_source, index and response ({exc})") from None
-            if key in predictions:
-                raise PredictionError(f"{path}:{number}: a second prediction for {key}")
-            predictions[key] = "" if response is None else str(response)
-    return predictions
+    recall: float | None = None
+    f1: float | None = None
+    meta: dict = field(default_factory=dict)
+    id: object = None
 
 
 def _token_recall_f1(pred: str, golds: tuple[str, ...]) -> tuple[float, float]:
@@ -96,61 +81,244 @@ def _token_recall_f1(pred: str, golds: tuple[str, ...]) -> tuple[float, float]:
     return best
 
 
-def _compat_medevalkit(response: str, row: dict) -> tuple[float, bool, str, str]:
+def _harness_yes_no(text: str, golds: tuple[str, ...], info: Mapping) -> tuple[float, bool, str, str]:
+    low = text.lower()
+    found = [w for w in ("yes", "no") if w in low]  # substrings, as the harness does
+    pred = found[0] if len(found) == 1 else ""
+    return float(pred != "" and pred in {g.strip().lower() for g in golds}), bool(pred), pred, ""
+
+
+def _harness_choice(text: str, golds: tuple[str, ...], info: Mapping) -> tuple[float, bool, str, str]:
+    options = parse_options(info.get("options"))
+    letter = extract_choice(text, options).letter
+    if not letter and options:  # the harness's fallback: the most similar option
+        ratios = [difflib.SequenceMatcher(None, text.lower(), o.lower()).ratio() for o in options]
+        letter = LETTERS[ratios.index(max(ratios))]
+        return float(letter in gold_letters(golds, options)), False, letter, "fallback: most similar option"
+    return float(letter in gold_letters(golds, options)), bool(letter), letter, ""
+
+
+def _harness_open(text: str, golds: tuple[str, ...], info: Mapping) -> tuple[float, bool, str, str]:
+    recall, _ = _token_recall_f1(text, golds)
+    return recall, bool(tokens(text)), text.strip(), ""
+
+
+# The common harness's rule per query type; any other is scored as an open answer.
+MEDEVALKIT_RULES: dict[str, Callable[[str, tuple[str, ...], Mapping], tuple[float, bool, str, str]]] = {
+    "yes_no": _harness_yes_no,
+    "multiple_choice": _harness_choice,
+}
+COMPAT_MODES = ("medevalkit",)
+
+
+def _compat_medevalkit(response: str, ground_truth: object, info: Mapping) -> tuple[float, bool, str, str]:
     """(acc, parsed, pred, reason) under the common harness's rules."""
-    info, golds = row["extra_info"], parse_ground_truth(row["reward_model"]["ground_truth"])
     text = answer_region(response)
     if "<answer>" in text and "</answer>" in text:
         text = text[text.find("<answer>") + 8 : text.rfind("</answer>")]
-    query_type = info["query_type"]
-    if query_type == "yes_no":
-        low = text.lower()
-        found = [w for w in ("yes", "no") if w in low]  # substrings, as the harness does
-        pred = found[0] if len(found) == 1 else ""
-        return float(pred != "" and pred in {g.strip().lower() for g in golds}), bool(pred), pred, ""
-    if query_type == "multiple_choice":
-        options = parse_options(info.get("options"))
-        letter = extract_choice(text, options).letter
-        if not letter and options:  # the harness's fallback: the most similar option
-            ratios = [difflib.SequenceMatcher(None, text.lower(), o.lower()).ratio() for o in options]
-            letter = "ABCDEFGHIJ"[ratios.index(max(ratios))]
-            return float(letter in gold_letters(golds, options)), False, letter, "fallback: most similar option"
-        return float(letter in gold_letters(golds, options)), bool(letter), letter, ""
-    recall, _ = _token_recall_f1(text, golds)
-    return recall, bool(tokens(text)), text.strip(), ""
+    rule = MEDEVALKIT_RULES.get(str(info.get("query_type")), _harness_open)
+    return rule(text, parse_ground_truth(ground_truth), info)
+
+
+def score_answer(
+    response: str, ground_truth: object, extra_info: Mapping, options: RewardOptions, *, model: str = "",
+    data_source: str = "unknown", index: int = 0, compat: str | None = None, id: object = None,
+) -> SampleScore:
+    """Score one answer; raises :class:`InvalidReference` or :class:`UnknownQueryType` for a bad reference."""
+    meta = json.loads(extra_info.get("meta") or "{}") if isinstance(extra_info.get("meta"), str) else {}
+    result = score_sample(response, ground_truth, extra_info, options)
+    acc, parsed, pred, reason = result.acc, result.parsed, result.pred, result.reason
+    if compat == "medevalkit":
+        acc, parsed, pred, reason = _compat_medevalkit(response, ground_truth, extra_info)
+    answer_type = str(meta.get("answer_type") or ("open" if result.query_type == "jaccard" else "closed"))
+    recall = f1 = None
+    if answer_type == "open":
+        recall, f1 = _token_recall_f1(pred, parse_ground_truth(ground_truth)) if pred else (0.0, 0.0)
+    return SampleScore(model, data_source, index, result.query_type, answer_type, result.score, acc, result.format,
+                       parsed, pred, reason, recall, f1, meta, id)
+
+
+# --- medverl score: predictions with their own ground truth ---------------------------------------------------
+
+
+@dataclass(slots=True)
+class Group:
+    """Running totals of one table row."""
+
+    n: int = 0
+    score: float = 0.0
+    acc: float = 0.0
+    formatted: int = 0
+    parse_failures: int = 0
+
+    def add(self, sample: SampleScore) -> None:
+        self.n += 1
+        self.score += sample.score
+        self.acc += sample.acc
+        self.formatted += sample.format == 1.0
+        self.parse_failures += sample.format == 1.0 and not sample.parsed
+
+    def cells(self, name: str) -> list[str]:
+        if not self.n:
+            return [name, "0", "-", "-", "-", "-"]
+        return [name, str(self.n), f"{self.score / self.n:.3f}", f"{self.acc / self.n:.3f}",
+                f"{100 * self.formatted / self.n:.1f}%", str(self.parse_failures)]
+
+
+@dataclass(slots=True)
+class ScoreSummary:
+    """Totals per query_type and per data_source."""
+
+    by_query_type: dict[str, Group] = field(default_factory=lambda: defaultdict(Group))
+    by_data_source: dict[str, Group] = field(default_factory=lambda: defaultdict(Group))
+    overall: Group = field(default_factory=Group)
+
+    def add(self, sample: SampleScore) -> None:
+        self.by_query_type[sample.query_type].add(sample)
+        self.by_data_source[sample.data_source].add(sample)
+        self.overall.add(sample)
+
+    def markdown(self) -> str:
+        """Both tables as markdown."""
+        tables = []
+        for title, groups in (("query_type", self.by_query_type), ("data_source", self.by_data_source)):
+            header = [title, "n", "score", "acc", "format pass", "parse failures"]
+            rows = [groups[name].cells(name) for name in sorted(groups)] + [self.overall.cells("**all**")]
+            tables.append(markdown_table(header, rows))
+        return "\n".join(tables)
+
+
+def _extra_info(row: Mapping) -> dict:
+    """The extra_info verl would pass: the row's own ``extra_info`` plus top-level query_type and options."""
+    extra = dict(row.get("extra_info") or {})
+    for key in ("query_type", "options", "index"):
+        if key in row:
+            extra[key] = row[key]
+    return extra
+
+
+def score_file(path: str, options: RewardOptions, output: str | Path | None = None) -> tuple[ScoreSummary, dict]:
+    """Score every line of a predictions JSONL (``-``: standard input) as training would.
+
+    Each line holds ``solution_str``, ``ground_truth`` and ``query_type`` (or an ``extra_info`` that has it), and
+    optionally ``options``, ``data_source``, ``id``. With `output`, ``samples.jsonl`` gets one line per scored row
+    and ``rejects.jsonl`` one per bad row (bad JSON, a missing field, an unknown query_type, an invalid reference).
+
+    Returns:
+        The tables' totals, and the job's manifest.
+    """
+    records = iter_jsonl(path)
+    spec = {"input": fingerprint_inputs([path]) if path != "-" else "-", "options": asdict(options)}
+    summary = ScoreSummary()
+    with Job(output, "scores", spec, lines=SAMPLES if output is not None else None, resumable=False) as job:
+        for record in records:
+            row = json_object(record, SCORE_FIELDS)
+            if isinstance(row, Rejected):
+                job.reject(row)
+                continue
+            try:
+                sample = score_answer(row["solution_str"], row["ground_truth"], _extra_info(row), options,
+                                      data_source=str(row.get("data_source") or "unknown"), index=record.position,
+                                      id=row.get("id"))
+            except (InvalidReference, UnknownQueryType) as exc:
+                job.reject(record.rejected("invalid_reference" if isinstance(exc, InvalidReference)
+                                           else "unknown_query_type", str(exc)))
+                continue
+            summary.add(sample)
+            line = {"line": record.position, "data_source": sample.data_source, "id": sample.id,
+                    "query_type": sample.query_type, "score": sample.score, "acc": sample.acc,
+                    "format": sample.format, "pred": sample.pred, "reason": sample.reason}
+            job.write_line(json.dumps(line, ensure_ascii=False))
+        job.commit(job.written + job.rejected)
+        manifest = job.finish()
+    if output is not None:
+        (Path(output) / REPORT).write_text(summary.markdown(), encoding="utf-8")
+    return summary, manifest
+
+
+def add_score_arguments(parser: argparse.ArgumentParser) -> None:
+    """``medverl score``'s arguments."""
+    parser.add_argument("--input", required=True, help="predictions JSONL (solution_str, ground_truth, query_type, "
+                        "optional options, data_source, id, extra_info), or - for standard input")
+    parser.add_argument("--output", help="directory for samples.jsonl (each row's score, prediction and reason), "
+                        "report.md (the tables), rejects.jsonl and manifest.json")
+    add_reward_options(parser)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    """Run ``medverl score``: exit status 1 when a row cannot be scored."""
+    summary, manifest = score_file(args.input, reward_options(args), args.output)
+    print(summary.markdown())
+    if args.output:
+        print(f"per-sample scores, the tables and the manifest -> {args.output}")
+    return _report_rejects(manifest, args.output)
+
+
+def _report_rejects(manifest: dict, output: str | None) -> int:
+    if not manifest["rejected"]:
+        return EXIT_OK
+    print(f"\n{manifest['rejected']} row(s) could not be scored: {manifest['rejected_by_reason']}", file=sys.stderr)
+    if output:
+        print(f"each is listed with its line and reason in {Path(output) / manifest['rejects']}", file=sys.stderr)
+    else:
+        print("(--output DIR lists each with its line and reason)", file=sys.stderr)
+    return EXIT_NOTHING_USABLE
+
+
+# --- medverl eval score: predictions against prepared benchmarks ----------------------------------------------
+
+
+def load_rows(data_dirs: Iterable[str | Path]) -> dict[tuple[str, int], dict]:
+    """Benchmark rows of prepared RL directories keyed by (data_source, extra_info.index)."""
+    rows = {}
+    for directory in data_dirs:
+        for row in open_prepared(directory, ("rl",)).rows(["data_source", "reward_model", "extra_info"]):
+            rows[(row["data_source"], row["extra_info"]["index"])] = row
+    return rows
+
+
+def load_predictions(path: str | Path, rows: Mapping[tuple[str, int], dict], job: Job) -> dict[tuple[str, int], str]:
+    """``{"data_source", "index", "response"}`` per line; bad lines, second predictions and predictions for
+    questions not in `rows` are rejected into `job`."""
+    predictions = {}
+    for record in iter_jsonl(path):
+        item = json_object(record, PREDICTION_FIELDS)
+        if isinstance(item, Rejected):
+            job.reject(item)
+            continue
+        try:
+            key = (str(item["data_source"]), int(item["index"]))
+        except (TypeError, ValueError):
+            job.reject(record.rejected("bad_field", f"index must be an integer, got {item['index']!r}"))
+            continue
+        if key in predictions:
+            job.reject(record.rejected("duplicate_prediction", f"a second prediction for {key}"))
+        elif key not in rows:
+            job.reject(record.rejected("unknown_question", f"no question {key} in the data"))
+        else:
+            response = item["response"]
+            predictions[key] = "" if response is None else str(response)
+            job.wrote()
+    return predictions
 
 
 def score_predictions(
     rows: dict[tuple[str, int], dict], predictions: dict[tuple[str, int], str], model: str, compat: str | None = None,
 ) -> list[SampleScore]:
-    """Every row scored (a row without a prediction scores 0, reason "no prediction"); predictions for rows that
-    are not there raise."""
+    """Every row scored; a row without a prediction scores 0 with the reason "no prediction"."""
     if compat is not None and compat not in COMPAT_MODES:
         raise ValueError(f"unknown compat mode {compat!r}; known: {', '.join(COMPAT_MODES)}")
-    unknown = sorted(set(predictions) - set(rows))
-    if unknown:
-        raise PredictionError(f"{len(unknown)} prediction(s) for rows not in the data, e.g. {unknown[:3]}")
     options = RewardOptions()
     scores = []
     for key in sorted(rows):
         row = rows[key]
-        info = row["extra_info"]
-        meta = json.loads(info.get("meta") or "{}")
-        golds = parse_ground_truth(row["reward_model"]["ground_truth"])
+        info, ground_truth = row["extra_info"], row["reward_model"]["ground_truth"]
         response = predictions.get(key)
-        answer_type = str(meta.get("answer_type") or ("open" if info["query_type"] in ("jaccard",) else "closed"))
-        recall = f1 = None
+        sample = score_answer("" if response is None else response, ground_truth, info, options, model=model,
+                              data_source=key[0], index=key[1], compat=compat)
         if response is None:
-            acc, parsed, pred, reason = 0.0, False, "", "no prediction"
-        elif compat == "medevalkit":
-            acc, parsed, pred, reason = _compat_medevalkit(response, row)
-        else:
-            result = score_sample(response, row["reward_model"]["ground_truth"], info, options)
-            acc, parsed, pred, reason = result.acc, result.parsed, result.pred, result.reason
-        if answer_type == "open":
-            recall, f1 = _token_recall_f1(pred, golds) if pred else (0.0, 0.0)
-        scores.append(SampleScore(model, key[0], key[1], info["query_type"], answer_type, acc, parsed, pred, reason,
-                                  recall, f1, meta))
+            sample = replace(sample, score=0.0, acc=0.0, format=0.0, parsed=False, pred="", reason="no prediction")
+        scores.append(sample)
     return scores
 
 
@@ -262,8 +430,55 @@ def write_report(runs: dict[str, list[SampleScore]], output: str | Path) -> dict
                 lines += ["", f"by {key}:", "", f"| benchmark | {key} | n | acc |", "|---|---|---:|---:|"]
                 lines += [f"| {b} | {v} | {g['n']} | {g['acc']:.3f} |" for (b, v), g in groups.items()]
         lines.append("")
-    (output / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    (output / REPORT).write_text("\n".join(lines), encoding="utf-8")
     (output / "table.csv").write_text(csv_table(header, rows), encoding="utf-8")
     (output / "metrics.json").write_text(json.dumps(per_model, indent=2), encoding="utf-8")
     bar_chart(header, rows, output / "table.png")
     return per_model
+
+
+def score_runs(
+    data_dirs: list[str | Path], runs: Mapping[str, str | Path], output: str | Path, compat: str | None = None,
+) -> dict:
+    """Score each run's predictions against the prepared benchmarks and write the report into `output`.
+
+    Returns:
+        The job's manifest: ``read`` prediction lines, ``written`` those scored, the others rejected.
+    """
+    rows = load_rows(data_dirs)
+    spec = {"data": [str(d) for d in data_dirs], "runs": {name: fingerprint_inputs([path])[0] for name, path in
+                                                         runs.items()}, "compat": compat}
+    with Job(output, "eval_scores", spec, resumable=False) as job:
+        scored = {}
+        for name, path in runs.items():
+            scored[name] = score_predictions(rows, load_predictions(path, rows, job), name, compat=compat)
+        job.commit(job.written + job.rejected)
+        write_report(scored, output)
+        return job.finish()
+
+
+def _run_spec(spec: str) -> tuple[str, str]:
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"takes NAME=PREDICTIONS.jsonl, got {spec!r}")
+    return name, path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``medverl eval score``'s arguments."""
+    parser.add_argument("--data", nargs="+", required=True, help="prepared benchmark directories (eval prepare)")
+    parser.add_argument("--run", action="append", required=True, type=_run_spec, metavar="NAME=PREDICTIONS.jsonl",
+                        help="a model's predictions ({data_source, index, response} per line); repeat per model")
+    parser.add_argument("--output", required=True, help="directory for report.md, table.csv, table.png, "
+                        "samples.jsonl, metrics.json, rejects.jsonl and manifest.json")
+    parser.add_argument("--compat", choices=COMPAT_MODES, help="the common harness's rules, for comparison")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``medverl eval score``: exit status 1 when a prediction line is rejected."""
+    runs = dict(args.run)
+    if len(runs) != len(args.run):
+        raise ConfigError("each --run needs its own NAME")
+    manifest = score_runs(args.data, runs, args.output, args.compat)
+    print((Path(args.output) / REPORT).read_text(encoding="utf-8"))
+    return _report_rejects(manifest, args.output)

@@ -1,18 +1,24 @@
 """`medverl qc filter`: drop records below per-dimension thresholds and whole subsets whose mean fails.
 
 Kept records are written back as they came in (``kept.jsonl``, ready for ``medverl prep``); every dropped record is
-in ``rejects.jsonl`` with its reason, and ``read == kept + dropped`` (the manifest says so).
+in ``rejects.jsonl`` with its reason: ``read == written (kept) + rejected (dropped)``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections import defaultdict
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
+from medverl.arguments import print_job
+from medverl.data.job import Job, Rejected, excerpt
+from medverl.data.prepared import open_prepared
+from medverl.errors import ConfigError
 from medverl.qc.rules import DIMENSIONS
+
+KEPT = "kept.jsonl"
+THRESHOLD_NAMES = (*DIMENSIONS, "mean")
 
 
 def parse_thresholds(specs: list[str]) -> dict[str, float]:
@@ -20,10 +26,24 @@ def parse_thresholds(specs: list[str]) -> dict[str, float]:
     thresholds = {}
     for spec in specs:
         name, sep, value = spec.partition("=")
-        if not sep or name not in (*DIMENSIONS, "mean"):
-            raise ValueError(f"--min takes DIMENSION=VALUE with one of {', '.join((*DIMENSIONS, 'mean'))}; got {spec!r}")
-        thresholds[name] = float(value)
+        try:
+            if not sep or name not in THRESHOLD_NAMES:
+                raise ValueError
+            thresholds[name] = float(value)
+        except ValueError:
+            raise ConfigError(f"--min takes DIMENSION=VALUE with one of {', '.join(THRESHOLD_NAMES)}; got {spec!r}"
+                              ) from None
     return thresholds
+
+
+def _subset_means(rows: list[dict], subset_min: float | None) -> dict[str, float]:
+    """The subsets whose mean score is under `subset_min`, with their means."""
+    subset_scores = defaultdict(list)
+    for r in rows:
+        if r["status"] == "scored" and r["mean"] is not None:
+            subset_scores[r["subset"]].append(r["mean"])
+    means = {s: sum(v) / len(v) for s, v in subset_scores.items()}
+    return {s: m for s, m in sorted(means.items()) if subset_min is not None and m < subset_min}
 
 
 def filter_scores(
@@ -34,49 +54,50 @@ def filter_scores(
 
     Subsets are those of the scoring job, or the values of the records' field `subset_key`.
     """
-    rows = [r for shard in sorted(Path(scores_dir).glob("scores-*.parquet")) for r in pq.read_table(shard).to_pylist()]
-    if not rows:
-        raise FileNotFoundError(f"{scores_dir}: no scores-*.parquet; run medverl qc score first")
+    scores = open_prepared(scores_dir, ("qc_scores",))
+    rows = list(scores.rows())
     if subset_key is not None:
         for r in rows:
             r["subset"] = str(json.loads(r["record"]).get(subset_key) or "(none)")
     scored = [r for r in rows if r["status"] == "scored"]
     for name in thresholds:
         if scored and all(r[name] is None for r in scored):
-            raise ValueError(f"--min {name}: no record has a {name} score (the rules scorer leaves "
-                             "medical_correctness to the judge)")
-    subset_scores = defaultdict(list)
-    for r in scored:
-        if r["mean"] is not None:
-            subset_scores[r["subset"]].append(r["mean"])
-    failing_subsets = {s: sum(v) / len(v) for s, v in subset_scores.items()
-                       if subset_min is not None and sum(v) / len(v) < subset_min}
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    kept, by_reason = 0, defaultdict(int)
-    with (output / "kept.jsonl").open("w", encoding="utf-8") as keep, (output / "rejects.jsonl").open(
-        "w", encoding="utf-8"
-    ) as rejects:
+            raise ConfigError(f"--min {name}: no record has a {name} score (the rules scorer leaves "
+                              "medical_correctness to the judge)")
+    failing = _subset_means(rows, subset_min)
+    spec = {"scores": str(scores_dir), "scores_job": scores.manifest["job"], "thresholds": thresholds,
+            "subset_min": subset_min, "subset_key": subset_key}
+    with Job(output, "qc_kept", spec, lines=KEPT, resumable=False,
+             info={"failing_subsets": {k: round(v, 4) for k, v in failing.items()}}) as job:
         for r in rows:
             if r["status"] != "scored":
                 code, reason = "not_scored", f"the judge failed ({r['error']}); rerun medverl qc score --resume"
-            elif r["subset"] in failing_subsets:
-                code = "subset_below_threshold"
-                reason = f"subset {r['subset']!r} mean {failing_subsets[r['subset']]:.3f} < {subset_min}"
+            elif r["subset"] in failing:
+                code, reason = "subset_below_threshold", f"subset {r['subset']!r} mean {failing[r['subset']]:.3f} < {subset_min}"
             else:
                 low = [f"{n} {r[n]:.3f} < {v}" for n, v in thresholds.items() if r[n] is not None and r[n] < v]
                 code, reason = ("below_threshold", "; ".join(low)) if low else ("", "")
-            if not code:
-                keep.write(r["record"] + "\n")
-                kept += 1
-                continue
-            by_reason[code] += 1
-            rejects.write(json.dumps({"index": r["index"], "source": r["source"], "code": code, "reason": reason,
-                                      "excerpt": r["text"][:200]}, ensure_ascii=False) + "\n")
-    manifest = {"read": len(rows), "kept": kept, "dropped": len(rows) - kept, "dropped_by_reason": dict(by_reason),
-                "thresholds": thresholds, "subset_min": subset_min, "subset_key": subset_key,
-                "failing_subsets": {k: round(v, 4) for k, v in sorted(failing_subsets.items())}}
-    if manifest["read"] != manifest["kept"] + manifest["dropped"]:
-        raise RuntimeError("internal error: filter accounting does not add up")
-    (output / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return manifest
+            if code:
+                job.reject(Rejected(r["index"], r["source"], code, reason, excerpt(r["text"])))
+            else:
+                job.write_line(r["record"])
+        job.commit(len(rows))
+        return job.finish()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``medverl qc filter``'s arguments."""
+    parser.add_argument("scores", help="a medverl qc score output directory")
+    parser.add_argument("--output", required=True, help=f"directory for {KEPT} (the kept records as they came in), "
+                        "rejects.jsonl and manifest.json")
+    parser.add_argument("--min", action="append", default=[], metavar="DIMENSION=VALUE",
+                        help=f"drop records scoring under VALUE on DIMENSION, one of {', '.join(THRESHOLD_NAMES)} "
+                        "(repeatable)")
+    parser.add_argument("--subset-min", type=float, help="drop every subset whose mean score is lower")
+    parser.add_argument("--subset-key", help="group subsets by this record field (default: the scoring job's)")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``medverl qc filter``: exit status 1 when no record is kept."""
+    manifest = filter_scores(args.scores, args.output, parse_thresholds(args.min), args.subset_min, args.subset_key)
+    return print_job(manifest, args.output, written="kept")

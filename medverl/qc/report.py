@@ -8,14 +8,17 @@ their labels reports how often people and the scorer agree at a threshold on the
 
 from __future__ import annotations
 
+import argparse
 import base64
 import html
 import json
 from collections import defaultdict
 from pathlib import Path
 
-import pyarrow.parquet as pq
 
+from medverl.arguments import EXIT_OK
+from medverl.data.prepared import open_prepared
+from medverl.errors import ConfigError
 from medverl.qc.rules import DIMENSIONS
 
 BAR_COLOUR = "#d62728"  # histogram bars (the report test looks for this colour)
@@ -24,9 +27,10 @@ BINS = 10
 
 
 def load_scores(scores_dir: str | Path) -> list[dict]:
-    rows = [r for shard in sorted(Path(scores_dir).glob("scores-*.parquet")) for r in pq.read_table(shard).to_pylist()]
+    """Every row of a finished ``medverl qc score`` directory."""
+    rows = list(open_prepared(scores_dir, ("qc_scores",)).rows())
     if not rows:
-        raise FileNotFoundError(f"{scores_dir}: no scores-*.parquet; run medverl qc score first")
+        raise ConfigError(f"{scores_dir}: its qc score job scored no record")
     return rows
 
 
@@ -132,3 +136,21 @@ table {{ border-collapse: collapse; margin: 8px 0; }} td, th {{ border: 1px soli
 def _mean(values: list[float | None]) -> str:
     known = [v for v in values if v is not None]
     return f"{sum(known) / len(known):.3f}" if known else "-"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``medverl qc report``'s arguments."""
+    parser.add_argument("scores", help="a medverl qc score output directory")
+    parser.add_argument("--output", required=True, help="directory for report.html and review_sample.jsonl")
+    parser.add_argument("--labels", help="review_sample.jsonl with human_pass filled in")
+    parser.add_argument("--threshold", type=float, default=0.5, help="mean score that counts as a pass")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``medverl qc report``."""
+    result = write_report(args.scores, args.output, labels=args.labels, threshold=args.threshold)
+    print(f"report -> {Path(args.output) / 'report.html'}; sample for reviewers -> "
+          f"{Path(args.output) / 'review_sample.jsonl'}")
+    if result:
+        print(f"agreement with reviewers: {result['agree']}/{result['labelled']} ({100 * result['agreement']:.0f}%)")
+    return EXIT_OK

@@ -1,0 +1,84 @@
+"""What the command groups share: the help format, common options, job summaries and exit statuses."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from medverl.errors import ConfigError
+from medverl.rewards import RewardOptions
+
+EXIT_OK, EXIT_NOTHING_USABLE, EXIT_USAGE = 0, 1, 2
+EXIT_STATUS = """exit status, the same for every command:
+  0  complete, with something written or scored
+  1  complete, with nothing usable (every record rejected, every judge call failed), or with bad rows where every
+     row counts (score, eval score, rewards check, validate)
+  2  a usage or configuration error (a missing input, a directory in use, options that do not fit the data)
+an unexpected error prints its traceback"""
+_REWARD_DEFAULTS = {f.name: f.default for f in fields(RewardOptions)}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help; descriptions keep their line breaks."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def add_plugins(parser: argparse._ActionsContainer) -> None:
+    parser.add_argument(
+        "--plugins", action="append", default=[], metavar="MODULE_OR_FILE",
+        help="module or .py file registering more query types (repeatable)",
+    )
+
+
+def add_reward_options(parser: argparse._ActionsContainer) -> None:
+    """The reward_kwargs of training, as options."""
+    parser.add_argument("--format-weight", type=float, default=_REWARD_DEFAULTS["format_weight"],
+                        help="w in w*format + (1-w)*acc")
+    parser.add_argument("--think-prefilled", action="store_true",
+                        help="the chat template opened <think> (data prepared with --template think_prefilled)")
+    parser.add_argument("--require-think", action="store_true", help="reasoning must be one <think> block")
+    parser.add_argument("--max-answer-chars", type=positive_int, default=_REWARD_DEFAULTS["max_answer_chars"],
+                        help="longer answers score acc 0")
+    add_plugins(parser)
+
+
+def reward_kwargs(args: argparse.Namespace) -> dict:
+    """The reward_kwargs that :func:`add_reward_options` options stand for."""
+    return {"format_weight": args.format_weight, "think_prefilled": args.think_prefilled,
+            "require_think": args.require_think, "max_answer_chars": args.max_answer_chars,
+            "plugins": tuple(args.plugins)}
+
+
+def reward_options(args: argparse.Namespace) -> RewardOptions:
+    """The :class:`RewardOptions` of :func:`add_reward_options` options; a value out of range is a usage error."""
+    try:
+        return RewardOptions(**reward_kwargs(args))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def print_job(manifest: dict, output: str | Path, written: str = "written") -> int:
+    """Print a job's accounting; returns its exit status (1 when nothing was written)."""
+    shards = f" in {len(manifest['shards'])} shard(s)" if manifest["shards"] else ""
+    counts = "".join(f", {name} {count}" for name, count in manifest.get("counts", {}).items())
+    print(f"read {manifest['read']}, {written} {manifest['written']}{shards}{counts}, rejected {manifest['rejected']}"
+          f" -> {output}")
+    for code, count in manifest["rejected_by_reason"].items():
+        print(f"  {count:>8}  {code}")
+    if manifest["rejected"]:
+        print(f"every rejected record is listed with its reason in {Path(output) / manifest['rejects']}")
+    if not manifest["written"]:
+        print(f"nothing {written}", file=sys.stderr)
+        return EXIT_NOTHING_USABLE
+    return EXIT_OK
