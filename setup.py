@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "pydicom>=3.0",
     "pyyaml",
     "matplotlib",
+    "httpx",  # the qc judge's client
     # parts of verl that medverl's CPU paths import (datasets, reward loop)
     "qwen_vl_utils",
     "cachetools",

@@ -35,9 +35,10 @@ from omegaconf import OmegaConf
 from verl.trainer.ppo.reward import get_custom_reward_fn
 from verl.utils.reward_score import geo3k
 
+from medverl.rewards.choice import LETTERS
+
 QUERY_TYPES = ("multiple_choice", "yes_no", "jaccard", "exact_match")
 GROUP_SIZE = 8  # responses per prompt, as in a GRPO rollout
-LETTERS = "ABCDEFGHIJ"
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "common" / "rewards.yaml"
 MC_TARGET, RATIO_TARGET, LATENCY_TARGET_S = 200_000.0, 1.0, 0.010
 

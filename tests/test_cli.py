@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from medverl.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,3 +223,29 @@ def test_every_option_has_help_and_shows_its_default() -> None:
                 assert f"(default: {action.default})" in " ".join(text.split()), (parser.prog, action.dest)
             checked += 1
     assert checked > 80
+
+
+def test_a_float_reward_reads_its_answer_as_the_prediction(tmp_path: Path, capsys) -> None:
+    plugin = tmp_path / "codes.py"
+    plugin.write_text("from medverl.rewards import register\n\n@register('code')\n"
+                      "def code(answer, golds):\n    return 1.0 if answer in golds else 0.5 if answer[:3] in golds[0] else 0.0\n")
+    rows = [{"solution_str": "<answer>C34.1</answer>", "ground_truth": "C34.1", "query_type": "code"},
+            {"solution_str": "<answer>C34.9</answer>", "ground_truth": "C34.1", "query_type": "code"}]
+    preds = tmp_path / "p.jsonl"
+    preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["score", "--input", str(preds), "--output", str(tmp_path / "s"), "--plugins", str(plugin)]) == 0
+    # right answers are no parse failures: a float reward's prediction is its answer
+    assert _table_row(capsys.readouterr().out, "code") == ["code", "2", "0.775", "0.750", "100.0%", "0"]
+    samples = [json.loads(line) for line in (tmp_path / "s" / "samples.jsonl").read_text().splitlines()]
+    assert [s["pred"] for s in samples] == ["C34.1", "C34.9"]
+
+
+def test_an_unexpected_error_keeps_its_traceback(monkeypatch) -> None:
+    from medverl.eval import score
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(score, "score_file", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        main(["score", "--input", str(EXAMPLE)])

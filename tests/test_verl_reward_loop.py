@@ -370,4 +370,4 @@ def test_entry_point_rewards_are_discovered(tmp_path: Path, monkeypatch: pytest.
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"score": 1.0, "acc": 1.0, "format": 1.0, "pred": "", "reason": ""}
+    assert json.loads(out.stdout) == {"score": 1.0, "acc": 1.0, "format": 1.0, "pred": "Liver", "reason": ""}

@@ -127,7 +127,7 @@ def _check(data: bytes, path: str, pixel_limit: int, check: str) -> _Header:
     """Prove the image decodes; raises :class:`ImageError`.
 
     ``check="decode"`` decodes every pixel. ``check="structure"`` walks the format the way the decoder will: JPEG
-    markers and scans up to EOI (:func:`jpeg_structure_error`), PNG chunk CRCs up to IEND; other formats, and JPEGs
+    markers and scans up to EOI (:func:`_walk_jpeg`), PNG chunk CRCs up to IEND; other formats, and JPEGs
     that must be converted (CMYK, 12-bit), are decoded in full either way.
     """
     if check not in CHECK_LEVELS:
@@ -167,11 +167,6 @@ def _checked_size(header: _Header, where: str, pixel_limit: int) -> _Header:
     if pixels < 1:
         raise ImageError(f"{where}: image is empty ({header.width}x{header.height})")
     return header
-
-
-def jpeg_structure_error(data: bytes) -> str:
-    """Why the JPEG `data` is corrupt, or "" when its marker structure is sound (see :func:`_walk_jpeg`)."""
-    return _walk_jpeg(data)[0]
 
 
 def _walk_jpeg(data: bytes) -> tuple[str, _Header]:
@@ -238,10 +233,24 @@ def _to_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def image_type(data: bytes) -> str:
+    """The MIME subtype of image bytes by their signature (``png`` when none is known).
+
+    >>> image_type(b"RIFF\\x00\\x00\\x00\\x00WEBPVP8 ")
+    'webp'
+    """
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return next((kind for signature, kind in _MIME_SIGNATURES if data.startswith(signature)), "png")
+
+
 def data_uri(data: bytes) -> str:
     """Image bytes as a ``data:`` URI (what OpenAI-compatible chat endpoints take), typed by their signature."""
-    kind = "jpeg" if data[:3] == b"\xff\xd8\xff" else "png"
-    return f"data:image/{kind};base64,{base64.b64encode(data).decode()}"
+    return f"data:image/{image_type(data)};base64,{base64.b64encode(data).decode()}"
+
+
+_MIME_SIGNATURES = ((b"\x89PNG", "png"), (b"\xff\xd8\xff", "jpeg"), (b"GIF8", "gif"), (b"BM", "bmp"),
+                    (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"))
 
 
 def _is_dicom(data: bytes, path: str) -> bool:

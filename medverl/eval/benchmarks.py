@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from medverl.rewards.choice import LETTERS
+
 YES_NO = {"yes", "no", "是", "否"}
-LETTERS = "ABCDEFGHIJ"
 # The seed's table: benchmark -> column title, in its order.
 BENCHMARKS = {
     "mmmu_hm": "MMMU-H&M",

@@ -91,11 +91,10 @@ class VerdictCache:
 
 @dataclass
 class JudgeOutcome:
-    """A verdict, or the error of a failed call; `cached` when no call was made."""
+    """A verdict, or the error of a failed call."""
 
     verdict: dict | None
     error: str = ""
-    cached: bool = False
 
 
 class Judge:
@@ -120,7 +119,7 @@ class Judge:
         """One record: from the cache, or by calling the judge (retried); never raises for the endpoint's faults."""
         key = self.key(text, images)
         if (cached := self.cache.get(key)) is not None:
-            return JudgeOutcome(cached, cached=True)
+            return JudgeOutcome(cached)
         content = [{"type": "image_url", "image_url": {"url": data_uri(i)}} for i in images]
         content.append({"type": "text", "text": self.rubric.replace("{text}", text)})
         body = {"model": self.config.model, "temperature": 0, "messages": [{"role": "user", "content": content}]}

@@ -266,7 +266,8 @@ def _run_reward(spec: registry.RewardSpec, answer: str, golds: tuple[str, ...], 
     except Exception as exc:
         _log_reward_bug(spec.name, f"raised {type(exc).__name__}: {exc}", exc_info=True)
         return Verdict(0.0, reason=f"reward error: {type(exc).__name__}")
-    verdict = out if type(out) is Verdict else Verdict(out)  # type: ignore[arg-type]
+    # A bare float says nothing of what was read: the prediction is the answer itself (never a parse failure).
+    verdict = out if type(out) is Verdict else Verdict(out, answer)  # type: ignore[arg-type]
     acc, pred, reason = verdict
     if type(acc) is float and 0.0 <= acc <= 1.0 and type(pred) is str and type(reason) is str:
         return verdict
