@@ -1,6 +1,6 @@
-"""Check verl RL parquet before GRPO: every row's query_type is registered and its ground truth can be scored.
+"""Check RL data before GRPO: every row's query_type is registered and its ground truth can be scored.
 
-    python data_prep/check_rl_references.py train.parquet val.parquet [--plugins /abs/my_rewards.py]
+    python data_prep/check_rl_references.py data/rl [val.parquet ...] [--plugins /abs/my_rewards.py]
 
 Same as ``medverl rewards check``; exits 1 listing each bad row (file, row, extra_info.index, reason).
 """
