@@ -11,6 +11,7 @@ low-to-high resolution schedule).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -23,14 +24,21 @@ from pathlib import Path
 
 import yaml
 
+from medverl.training.metrics import StageLog, draw_curves, gather, keep_aside, metric_parts, summary_table
+
 logger = logging.getLogger(__name__)
 
 STATE = "pipeline_state.json"
+DEVICES = ("cuda", "cpu")
 DEFAULT_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 class PipelineError(Exception):
     """A pipeline that cannot run or did not finish; the message says what to do."""
+
+
+class StageFailed(PipelineError):
+    """A stage's trainer exited with an error."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,8 @@ class Pipeline:
         recipes: the recipe directory (default: this repository's ``recipes/``).
         launchers: the command that starts each trainer, ``sft`` and ``ppo`` (default: this Python's torchrun and
             ``python -m verl.trainer.main_ppo``).
+        device: "cuda", or "cpu" for verl's trainers on CPU (:mod:`medverl.cpu`; ``gpus_per_node`` then counts
+            trainer processes).
     """
 
     model: str
@@ -68,12 +78,14 @@ class Pipeline:
     image_patch_size: int = 14
     recipes: Path = DEFAULT_RECIPES
     launchers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    device: str = "cuda"
 
     @classmethod
     def load(cls, path: str | Path) -> Pipeline:
         """Read a pipeline YAML file; raises :class:`PipelineError` naming the bad key."""
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        known = {"model", "output", "stages", "nnodes", "gpus_per_node", "image_patch_size", "recipes", "launchers"}
+        known = {"model", "output", "stages", "nnodes", "gpus_per_node", "image_patch_size", "recipes", "launchers",
+                 "device"}
         if unknown := set(raw) - known:
             raise PipelineError(f"{path}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
         for key in ("model", "output", "stages"):
@@ -89,15 +101,22 @@ class Pipeline:
                 str(spec["name"]), str(spec["recipe"]), tuple(map(str, spec["train"])), tuple(map(str, spec.get("val") or ())),
                 spec.get("max_pixels"), tuple(map(str, spec.get("overrides") or ())),
             ))
+        device = str(raw.get("device", "cuda"))
+        if device not in DEVICES:
+            raise PipelineError(f"{path}: device must be one of {', '.join(DEVICES)}, got {device!r}")
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
             raise PipelineError(f"{path}: stage names must be unique, got {names}")
+        model = str(raw["model"])
+        if Path(model).is_dir():  # a local model: absolute, because verl's Ray workers have their own directory
+            model = str(Path(model).resolve())
         return cls(
-            model=str(raw["model"]), output=Path(raw["output"]).resolve(), stages=tuple(stages),
+            model=model, output=Path(raw["output"]).resolve(), stages=tuple(stages),
             nnodes=int(raw.get("nnodes", 1)), gpus_per_node=int(raw.get("gpus_per_node", 8)),
             image_patch_size=int(raw.get("image_patch_size", 14)),
             recipes=Path(raw.get("recipes") or DEFAULT_RECIPES),
             launchers={k: tuple(map(str, v)) for k, v in (raw.get("launchers") or {}).items()},
+            device=device,
         )
 
     def trainer(self, stage: Stage) -> str:
@@ -131,18 +150,73 @@ class Pipeline:
             f"trainer.experiment_name={stage.name}",
             f"trainer.nnodes={self.nnodes}",
             f"trainer.n_gpus_per_node={self.gpus_per_node}",
+            # Hydra's run directory beside the stage's checkpoints, not in the working directory
+            f"hydra.run.dir={self.output / stage.name / 'hydra'}",
         ]
         if trainer == "ppo":
             if not stage.val:
                 raise PipelineError(f"stage {stage.name}: GRPO needs validation data ('val')")
             launcher = self.launchers.get("ppo") or (sys.executable, "-m", "verl.trainer.main_ppo")
             specific = [f"actor_rollout_ref.model.path={model}", f"data.val_files={_hydra_list(self._parquet(stage.val))}",
-                        f"data.image_patch_size={self.image_patch_size}"]
+                        f"data.image_patch_size={self.image_patch_size}",
+                        f"trainer.rollout_data_dir={self.rollouts(stage)}"]
         else:
             launcher = self.launchers.get("sft") or self._torchrun(environ if environ is not None else os.environ)
             val = f"data.val_files={_hydra_list(self._parquet(stage.val))}" if stage.val else "data.val_files=null"
             specific = [f"model.path={model}", val]
-        return [*launcher, *common, *specific, *stage.overrides]
+        device = []
+        if self.device == "cpu":
+            from medverl.cpu import PPO_OVERRIDES, SFT_OVERRIDES
+
+            device = list(PPO_OVERRIDES if trainer == "ppo" else SFT_OVERRIDES)
+        return [*launcher, *common, *specific, *device, *stage.overrides]
+
+    def environment(self, stage: Stage) -> dict[str, str]:
+        """The environment a stage's trainer runs in: verl's file logger to the stage's metrics, CPU platform."""
+        env = {"VERL_FILE_LOGGER_PATH": str(self.metrics_log(stage))}
+        if self.device == "cpu":
+            from medverl.cpu import ENVIRONMENT
+
+            env.update(ENVIRONMENT)
+        return env
+
+    def metrics_log(self, stage: Stage) -> Path:
+        """Where verl's file logger writes the stage's metrics, one JSON line per step."""
+        return self.output / "logs" / f"{stage.name}.metrics.jsonl"
+
+    def rollouts(self, stage: Stage) -> Path:
+        """Where a GRPO stage dumps each step's rollouts (``STEP.jsonl``)."""
+        return self.output / stage.name / "rollouts"
+
+    def check_environment(self) -> list[str]:
+        """What this machine lacks to run the stages with the default launchers (empty when nothing)."""
+        trainers = {self.trainer(s) for s in self.stages} - set(self.launchers)
+        return environment_problems(self.device, trainers, self.gpus_per_node, self.ppo_rollout())
+
+    def ppo_rollout(self) -> str | None:
+        """The rollout backend of the GRPO stages (``hf`` on CPU), None without one."""
+        for stage in self.stages:
+            if self.trainer(stage) == "ppo":
+                if self.device == "cpu":
+                    return "hf"
+                named = [o.split("=", 1)[1] for o in stage.overrides
+                         if o.lstrip("+").startswith("actor_rollout_ref.rollout.name=")]
+                rollout = (self._recipe(stage).get("actor_rollout_ref") or {}).get("rollout") or {}
+                return named[-1] if named else str(rollout.get("name", "vllm"))
+        return None
+
+    def reward_kwargs(self, stage: Stage) -> dict:
+        """The reward_kwargs a GRPO stage runs with: its recipe composed with verl's configs and its overrides."""
+        from hydra import compose, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+        from omegaconf import OmegaConf
+
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(self.recipes.resolve()), version_base=None):
+            cfg = compose(stage.recipe, overrides=[o for o in stage.overrides if o.lstrip("+").startswith("reward.")])
+        GlobalHydra.instance().clear()
+        kwargs = OmegaConf.select(cfg, "reward.custom_reward_function.reward_kwargs", default=None)
+        return OmegaConf.to_container(kwargs) if kwargs is not None else {}
 
     def check_data(self) -> list[str]:
         """Problems with the stages' data (empty when every directory is ready), checked before anything runs."""
@@ -206,6 +280,40 @@ class Pipeline:
         return (*args, "-m", "verl.trainer.sft_trainer")
 
 
+def environment_problems(device: str, trainers: set[str], processes: int, rollout: str | None) -> list[str]:
+    """What a machine lacks to run verl's trainers on `device` (empty when nothing), each with its fix."""
+    import importlib.util
+    from importlib.metadata import entry_points
+
+    def missing(*modules: str) -> list[str]:
+        return [m for m in modules if importlib.util.find_spec(m) is None]
+
+    problems = []
+    if missing("torchvision"):
+        problems.append("torchvision is not installed (verl reads every image through it): install the torch and "
+                        "torchvision pair of scripts/setup.sh")
+    if device == "cpu":
+        if not any(ep.value == "medverl.cpu.plugin" for ep in entry_points(group="verl.plugins")):
+            problems.append("medverl's CPU platform is not registered with verl (entry point medverl_cpu in "
+                            "'verl.plugins'): reinstall medverl with pip install -e .")
+        if "ppo" in trainers and (lacking := missing("transfer_queue", "zmq", "msgspec")):
+            problems.append(f"GRPO on CPU needs {', '.join(lacking)}: pip install -e '.[cpu-train]'")
+        return problems
+    import torch
+
+    if not torch.cuda.is_available():
+        problems.append("no CUDA GPU is visible (torch.cuda.is_available() is False): run on a GPU machine, or try "
+                        "the pipeline on this CPU with --cpu and a small model (README: train on a laptop first)")
+    elif torch.cuda.device_count() < processes:
+        problems.append(f"gpus_per_node is {processes} but {torch.cuda.device_count()} CUDA devices are visible")
+    if "ppo" in trainers and rollout == "vllm" and missing("vllm"):
+        problems.append("the GRPO stage rolls out with vLLM, which is not installed: pip install -e '.[train]'")
+    if missing("flash_attn"):
+        problems.append("flash-attn is not installed; the recipes pack sequences with it (model.use_remove_padding): "
+                        "pip install -e '.[train]'")
+    return problems
+
+
 def _hydra_list(paths: list[str]) -> str:
     for path in paths:
         if '"' in path or "\\" in path:
@@ -239,12 +347,39 @@ def _save_state(pipeline: Pipeline, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def _report(pipeline: Pipeline, state: dict, out) -> None:
+    """Gather every stage's metrics into OUTPUT/metrics.jsonl, draw OUTPUT/curves.png, write OUTPUT/summary.md."""
+    logs = []
+    for stage in pipeline.stages:
+        if not any(metric_parts(pipeline.metrics_log(stage))):
+            continue
+        if pipeline.trainer(stage) == "ppo":
+            options = pipeline.reward_kwargs(stage)
+            logs.append(StageLog(stage.name, "ppo", pipeline.metrics_log(stage), pipeline.rollouts(stage),
+                                 bool(options.get("think_prefilled")), bool(options.get("require_think"))))
+        else:
+            logs.append(StageLog(stage.name, "sft", pipeline.metrics_log(stage)))
+    if not logs:
+        return
+    rows = gather(logs, pipeline.output / "metrics.jsonl")
+    curves = draw_curves(rows, pipeline.output / "curves.png")
+    table = summary_table(rows, state.get("seconds", {}))
+    (pipeline.output / "summary.md").write_text(table, encoding="utf-8")
+    print(f"metrics -> {pipeline.output / 'metrics.jsonl'}" + (f", curves -> {curves}" if curves else ""), file=out)
+    print(table, file=out, flush=True)
+
+
 def run_pipeline(pipeline: Pipeline, *, dry_run: bool = False, restart_from: str | None = None, out=None) -> int:
     """Run the stages not finished yet, in order, printing to `out` (stdout); returns 0, or raises
     :class:`PipelineError` naming the stage."""
     out = out or sys.stdout
     if problems := pipeline.check_data():
         raise PipelineError("the data is not ready:\n" + "\n".join(f"  - {p}" for p in problems))
+    if problems := pipeline.check_environment():
+        message = f"this machine cannot run the pipeline on {pipeline.device}:\n" + "\n".join(f"  - {p}" for p in problems)
+        if not dry_run:
+            raise PipelineError(message)
+        print(f"warning: {message}", file=out)
     names = [s.name for s in pipeline.stages]
     if restart_from is not None and restart_from not in names:
         raise PipelineError(f"--from {restart_from}: no such stage; stages: {', '.join(names)}")
@@ -278,15 +413,22 @@ def run_pipeline(pipeline: Pipeline, *, dry_run: bool = False, restart_from: str
             continue
         log = pipeline.output / "logs" / f"{stage.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
+        keep_aside(pipeline.metrics_log(stage))
+        started = time.monotonic()
         with log.open("w", encoding="utf-8") as sink:
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                       env={**os.environ, **pipeline.environment(stage)})
             for line in process.stdout:
                 sink.write(line)
                 out.write(line)
             code = process.wait()
+        seconds = state.setdefault("seconds", {})
+        seconds[stage.name] = seconds.get(stage.name, 0.0) + time.monotonic() - started
+        _save_state(pipeline, state)
         if code != 0:
-            raise PipelineError(f"stage {stage.name} failed (exit code {code}); its log: {log}. Fix the cause and "
-                                "run the same command again: finished stages are kept")
+            _report(pipeline, state, out)
+            raise StageFailed(f"stage {stage.name} failed (exit code {code}); its log: {log}. Fix the cause and "
+                              "run the same command again: finished stages are kept")
         model = _saved_model(pipeline, stage)
         link = pipeline.stage_model(stage)
         if link.is_symlink() or link.exists():
@@ -294,6 +436,7 @@ def run_pipeline(pipeline: Pipeline, *, dry_run: bool = False, restart_from: str
         link.symlink_to(model.resolve(), target_is_directory=True)
         state["stages"][stage.name] = {"spec": spec, "model": str(model)}
         _save_state(pipeline, state)
+        _report(pipeline, state, out)
         print(f"[{stage.name}] done, model {model}", file=out, flush=True)
     return 0
 
@@ -301,15 +444,21 @@ def run_pipeline(pipeline: Pipeline, *, dry_run: bool = False, restart_from: str
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``medverl pipeline`` arguments."""
     parser.add_argument("config", help="pipeline YAML (see recipes/pipelines/)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="run verl's trainers on CPU (medverl.cpu; a small model), whatever the file's device")
     parser.add_argument("--dry-run", action="store_true", help="check the data and print the commands, run nothing")
     parser.add_argument("--from", dest="restart_from", metavar="STAGE",
                         help="run this stage and the ones after it again, even if they finished")
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """``medverl pipeline``: exit 0 when every stage finished, else 1 with the reason on stderr."""
+    """``medverl pipeline``: exit 0 when every stage finished, 1 when a stage failed, 2 when the pipeline cannot run
+    (its file, data or environment)."""
     try:
-        return run_pipeline(Pipeline.load(args.config), dry_run=args.dry_run, restart_from=args.restart_from)
+        pipeline = Pipeline.load(args.config)
+        if args.cpu:
+            pipeline = dataclasses.replace(pipeline, device="cpu")
+        return run_pipeline(pipeline, dry_run=args.dry_run, restart_from=args.restart_from)
     except PipelineError as exc:
         print(f"medverl pipeline: {exc}", file=sys.stderr)
-        return 1
+        return 1 if isinstance(exc, StageFailed) else 2

@@ -6,11 +6,17 @@ set -euo pipefail
 out=${1:-runs/example/data}
 medverl=${MEDVERL:-medverl}
 ex=examples/data
-prep() { $medverl prep "$@" --image-root "$ex/images"; }
-prep caption "$ex/captions.jsonl" --output "$out/cpt_captions" --max-pixels 200704
-prep interleaved "$ex/interleaved.jsonl" --output "$out/cpt_interleaved" --max-pixels 200704
-prep sft "$ex/sft.jsonl" --output "$out/sft_stage1" --max-pixels 401408
-prep sft "$ex/sft.jsonl" --output "$out/sft_stage2" --max-pixels 802816
-prep sft "$ex/sft.jsonl" --output "$out/sft_stage3" --max-pixels 1605632
-prep rl "$ex/rl.jsonl" --output "$out/rl" --max-pixels 802816
-prep rl "$ex/rl_val.jsonl" --output "$out/rl_val" --max-pixels 802816 --split test
+# each output directory is made anew, so the script can run again
+prep() {  # prep KIND INPUT OUTPUT [OPTIONS]
+  local kind=$1 input=$2 output=$3
+  shift 3
+  rm -rf "$output"
+  $medverl prep "$kind" "$input" --output "$output" "$@" --image-root "$ex/images"
+}
+prep caption "$ex/captions.jsonl" "$out/cpt_captions" --max-pixels 200704
+prep interleaved "$ex/interleaved.jsonl" "$out/cpt_interleaved" --max-pixels 200704
+prep sft "$ex/sft.jsonl" "$out/sft_stage1" --max-pixels 401408
+prep sft "$ex/sft.jsonl" "$out/sft_stage2" --max-pixels 802816
+prep sft "$ex/sft.jsonl" "$out/sft_stage3" --max-pixels 1605632
+prep rl "$ex/rl.jsonl" "$out/rl" --max-pixels 802816
+prep rl "$ex/rl_val.jsonl" "$out/rl_val" --max-pixels 802816 --split test
