@@ -31,6 +31,8 @@ EXTRAS = {
     "test": ["pytest>=8", "pytest-asyncio", "hypothesis>=6", "pydicom-data"],  # pydicom-data: real DICOM files
     "bench": ["mathruler"],
     "train": ["verl[vllm,fsdp]==0.9.1"],  # torch 2.11 + vLLM 0.24 + flash-attn, GPU only
+    # verl's trainers on CPU (medverl.cpu, medverl pipeline --cpu): what main_ppo imports beyond the base install
+    "cpu-train": ["TransferQueue>=0.1.10", "pyzmq", "msgspec"],
 }
 
 setup(

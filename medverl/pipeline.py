@@ -288,7 +288,9 @@ def environment_problems(device: str, trainers: set[str], processes: int, rollou
     def missing(*modules: str) -> list[str]:
         return [m for m in modules if importlib.util.find_spec(m) is None]
 
-    problems = []
+    problems: list[str] = []
+    if not trainers:  # every stage runs through a launcher of the user's
+        return problems
     if missing("torchvision"):
         problems.append("torchvision is not installed (verl reads every image through it): install the torch and "
                         "torchvision pair of scripts/setup.sh")
@@ -379,7 +381,7 @@ def run_pipeline(pipeline: Pipeline, *, dry_run: bool = False, restart_from: str
         message = f"this machine cannot run the pipeline on {pipeline.device}:\n" + "\n".join(f"  - {p}" for p in problems)
         if not dry_run:
             raise PipelineError(message)
-        print(f"warning: {message}", file=out)
+        print(f"warning: {message}", file=sys.stderr)
     names = [s.name for s in pipeline.stages]
     if restart_from is not None and restart_from not in names:
         raise PipelineError(f"--from {restart_from}: no such stage; stages: {', '.join(names)}")

@@ -4,6 +4,7 @@ The stand-in (tests' launcher) receives the exact Hydra arguments the real train
 the way verl's checkpoint handler lays it out, so the pipeline's own logic runs for real.
 """
 
+import dataclasses
 import json
 import shlex
 import sys
@@ -33,6 +34,16 @@ os.makedirs(model)
 open(os.path.join(model, "config.json"), "w").write("{}")
 open(os.path.join(model, "model.safetensors"), "wb").write(b"")
 open(os.path.join(args["trainer.default_local_dir"], "latest_checkpointed_iteration.txt"), "w").write("7")
+# metrics as verl's file logger writes them, and GRPO rollouts as verl dumps them
+with open(os.environ["VERL_FILE_LOGGER_PATH"], "w") as f:
+    for step in (1, 2):
+        data = {"critic/score/mean": 0.1 * step} if "ppo" in sys.argv[1] else {"train/loss": 3.0 / step}
+        f.write(json.dumps({"step": step, "data": data}) + "\n")
+if "trainer.rollout_data_dir" in args:
+    os.makedirs(args["trainer.rollout_data_dir"])
+    for step, outputs in ((1, ["no tags", "<think>x</think><answer>B</answer>"]), (2, ["<answer>A</answer>"] * 2)):
+        with open(os.path.join(args["trainer.rollout_data_dir"], f"{step}.jsonl"), "w") as f:
+            f.writelines(json.dumps({"output": o, "score": 0.0, "step": step}) + "\n" for o in outputs)
 '''
 
 
@@ -55,11 +66,12 @@ def workdir(tmp_path: Path, monkeypatch) -> Path:
 
 def _config(workdir: Path, **changes) -> Path:
     fake = [sys.executable, str(workdir / "fake_trainer.py")]
+    fake_ppo = [*fake, "ppo"]
     config = {
         "model": "Qwen/Qwen2.5-VL-3B-Instruct",
         "output": "runs/test",
         "gpus_per_node": 1,
-        "launchers": {"sft": fake, "ppo": fake},
+        "launchers": {"sft": fake, "ppo": fake_ppo},
         "stages": [
             {"name": "cpt", "recipe": "cpt", "train": ["data/cpt"], "max_pixels": 200704},
             {"name": "sft1", "recipe": "sft_stage1", "train": ["data/sft"], "max_pixels": 401408,
@@ -115,6 +127,52 @@ def test_stages_run_in_order_and_hand_on_their_models(workdir: Path, capsys) -> 
     assert len(_calls(workdir)) == 3 and "[grpo] finished before" in capsys.readouterr().out
 
 
+def test_metrics_of_every_stage_are_gathered_and_drawn(workdir: Path) -> None:
+    assert main(["pipeline", str(_config(workdir))]) == 0
+    output = workdir / "runs" / "test"
+    rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in rows] == [("cpt", 1), ("cpt", 2), ("sft1", 1), ("sft1", 2),
+                                                       ("grpo", 1), ("grpo", 2)]
+    assert rows[1]["train/loss"] == 1.5
+    grpo = [r for r in rows if r["stage"] == "grpo"]
+    # the format rule of the reward: one of two at step 1, both at step 2
+    assert [r["medverl/format_rate"] for r in grpo] == [0.5, 1.0]
+    assert [r["critic/score/mean"] for r in grpo] == [0.1, 0.2]
+    assert (output / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| grpo |" in (output / "summary.md").read_text()
+
+
+def test_cpu_runs_the_same_entry_points_with_the_cpu_overrides(workdir: Path, capsys) -> None:
+    from medverl.cpu import PPO_OVERRIDES, SFT_OVERRIDES
+
+    assert main(["pipeline", str(_config(workdir, launchers={})), "--dry-run", "--cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    commands = {line.split("] ", 1)[0][1:]: shlex.split(line.split("] ", 1)[1]) for line in lines}
+    assert commands["cpt"][2:4] == ["torch.distributed.run", "--nnodes=1"]
+    assert commands["cpt"][-len(SFT_OVERRIDES):] == list(SFT_OVERRIDES)
+    assert commands["grpo"][1:3] == ["-m", "verl.trainer.main_ppo"]
+    assert commands["grpo"][-len(PPO_OVERRIDES):] == list(PPO_OVERRIDES)
+    # the stage's own overrides come last, so they win over the CPU ones
+    assert commands["sft1"][-1] == "optim.lr=3e-6"
+    pipeline = dataclasses.replace(Pipeline.load(_config(workdir)), device="cpu")
+    assert pipeline.environment(pipeline.stages[0])["VERL_PLATFORM"] == "cpu"
+
+
+def test_the_environment_is_checked_before_anything_runs(workdir: Path, capsys, monkeypatch) -> None:
+    import importlib.util
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["pipeline", str(_config(workdir, launchers={}))]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA GPU is visible" in err and "--cpu" in err and not _calls(workdir)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "msgspec" else find_spec(name, *a))
+    assert main(["pipeline", str(_config(workdir, launchers={})), "--cpu"]) == 2
+    assert "GRPO on CPU needs msgspec: pip install -e '.[cpu-train]'" in capsys.readouterr().err
+
+
 def test_a_failing_stage_stops_with_its_log_and_the_rerun_resumes_there(workdir: Path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("FAIL_STAGE", "sft1")
     assert main(["pipeline", str(_config(workdir))]) == 1
@@ -133,7 +191,7 @@ def test_a_changed_finished_stage_needs_from(workdir: Path, capsys) -> None:
     changed = _config(workdir)
     text = changed.read_text().replace("optim.lr=3e-6", "optim.lr=1e-6")
     changed.write_text(text)
-    assert main(["pipeline", str(changed)]) == 1
+    assert main(["pipeline", str(changed)]) == 2  # a configuration error
     assert "stage sft1 was finished with another configuration" in capsys.readouterr().err
     assert main(["pipeline", str(changed), "--from", "sft1"]) == 0
     assert [c["stage"] for c in _calls(workdir)] == ["cpt", "sft1", "grpo", "sft1", "grpo"]

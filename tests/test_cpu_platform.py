@@ -1,0 +1,136 @@
+"""The CPU platform, its patches of verl and the hf rollout, without a training run (tests/test_cpu_training.py has those).
+
+Each patch of verl internals is pinned to the source it was written against: a verl upgrade that changes a patched
+function fails here, loudly, before a CPU run fails in some obscure way.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from medverl.cpu import patches
+
+PROBE = r"""
+import json, verl
+from verl.plugin.platform.platform_manager import PlatformRegistry
+from verl.utils import distributed
+from verl.utils.device import get_device_name
+from verl.workers.rollout import base
+out = {"cpu_registered": PlatformRegistry.get("cpu") is not None,
+       "gloo_patch": distributed.initialize_global_process_group.__module__,
+       "hf_rollout": ("hf", "async") in base._ROLLOUT_REGISTRY}
+if out["cpu_registered"]:
+    out["device"] = get_device_name()
+print("PROBE " + json.dumps(out))
+"""
+
+
+def _probe(**env: str) -> dict:
+    environ = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"} | env
+    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=environ, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("PROBE "))[6:])
+
+
+def test_the_patched_verl_functions_are_the_ones_the_patches_were_written_for() -> None:
+    assert patches.changed_targets() == [], (
+        "verl's source changed where medverl.cpu.patches applies: read the new source, update the patch, "
+        "then its hash in patches.TARGETS"
+    )
+
+
+def test_a_changed_function_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    target = next(iter(patches.TARGETS))
+    monkeypatch.setitem(patches.TARGETS, target, "0" * 64)
+    assert patches.changed_targets() == [target]
+
+
+def test_without_verl_platform_cpu_verl_is_untouched() -> None:
+    probe = _probe()
+    assert probe == {"cpu_registered": False, "gloo_patch": "verl.utils.distributed", "hf_rollout": False}
+
+
+def test_verl_platform_cpu_registers_the_platform_the_rollout_and_the_patches_in_every_verl_process() -> None:
+    probe = _probe(VERL_PLATFORM="cpu")
+    assert probe == {"cpu_registered": True, "gloo_patch": "medverl.cpu.patches", "hf_rollout": True, "device": "cpu"}
+
+
+def test_the_device_module_answers_what_verl_asks_of_torch_cuda() -> None:
+    from medverl.cpu.platform import PlatformCPU
+
+    platform = PlatformCPU()
+    module = platform.device_module
+    free, total = module.mem_get_info()
+    assert 0 < free <= total
+    assert module.memory_allocated() == 0 and module.max_memory_reserved() == 0
+    state = module.get_rng_state()
+    module.set_rng_state(state)
+    assert platform.current_device() == "cpu" and torch.zeros(1).to(platform.current_device()).device.type == "cpu"
+    assert platform.communication_backend_name() == "gloo"
+    assert not platform.is_platform_available(use_smi_check=True)  # never auto-detected
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """An HFServer (the Ray actor's class, used directly) over the tiny random Qwen2.5-VL."""
+    from omegaconf import OmegaConf
+    from verl.workers.config import RolloutConfig
+
+    from medverl.cpu.rollout import HFServer
+    from medverl.training.tiny_qwen import save_tiny_model
+
+    model = save_tiny_model(tmp_path_factory.mktemp("tiny"))
+    config = RolloutConfig(name="hf", prompt_length=256, response_length=12)
+    model_config = OmegaConf.create({"_target_": "verl.workers.config.HFModelConfig", "path": str(model)})
+    return HFServer(config, model_config, replica_rank=0)
+
+
+def _image_prompt(server) -> tuple[list[int], list]:
+    from PIL import Image
+
+    image = Image.new("RGB", (56, 56), (120, 30, 200))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is there a nodule?"}]}]
+    text = server.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = server.processor(text=[text], images=[image], return_tensors="pt")["input_ids"][0].tolist()
+    return ids, [image]
+
+
+def test_generate_takes_expanded_image_tokens_and_returns_log_probs_of_its_tokens(server) -> None:
+    import asyncio
+
+    prompt, images = _image_prompt(server)
+    output = asyncio.run(server.generate(prompt, {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True},
+                                         "r1", image_data=images))
+    assert 1 <= len(output.token_ids) <= 12 and len(output.log_probs) == len(output.token_ids)
+    assert all(lp <= 0 for lp in output.log_probs)
+    assert not set(output.token_ids) & set(server.suppressed)  # never a vision token
+    greedy = [asyncio.run(server.generate(prompt, {"temperature": 0, "logprobs": False}, "r2", image_data=images))
+              for _ in range(2)]
+    assert greedy[0].token_ids == greedy[1].token_ids and greedy[0].log_probs is None
+
+
+def test_the_actors_weights_replace_the_servers(server) -> None:
+    import asyncio
+
+    from verl.utils.model import convert_weight_keys
+
+    sent = convert_weight_keys({k: torch.zeros_like(v) for k, v in server.model.state_dict().items()}, server.model)
+    name = next(n for n in sent if n.endswith("lm_head.weight") or "embed_tokens" in n)
+    assert server.load_weights([(name, sent[name])]) == 1
+    assert float(server.model.state_dict()[server.param_of[name]].abs().sum()) == 0.0
+    with pytest.raises(KeyError, match="does not have"):
+        server.load_weights([("no.such.weight", torch.zeros(1))])
+    asyncio.run(server.set_global_steps(3))
+    prompt, images = _image_prompt(server)
+    assert asyncio.run(server.generate(prompt, {}, "r3", image_data=images)).extra_fields["global_steps"] == 3
+
+
+def test_the_cpu_train_extra_installs_what_main_ppo_needs() -> None:
+    from importlib.metadata import requires
+
+    extra = {r.split(";")[0].split(">")[0].split("=")[0].strip() for r in requires("medverl") if "cpu-train" in r}
+    assert {"TransferQueue", "pyzmq", "msgspec"} <= extra
