@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from medverl.data.prepared import PreparedError, check_reward_options, open_prepared
 from medverl.training.metrics import StageLog, draw_curves, gather, keep_aside, metric_parts, summary_table
 
 logger = logging.getLogger(__name__)
@@ -219,29 +220,27 @@ class Pipeline:
         return OmegaConf.to_container(kwargs) if kwargs is not None else {}
 
     def check_data(self) -> list[str]:
-        """Problems with the stages' data (empty when every directory is ready), checked before anything runs."""
+        """Problems with the stages' data (empty when every directory is ready), checked before anything runs:
+        each is a complete ``medverl prep`` job of the kind the recipe trains on, prepared at the stage's
+        ``max_pixels``; GRPO data's prompt template fits the stage's reward options."""
         problems = []
         previous_pixels = None
         for stage in self.stages:
             kind = self.data_kind(stage)
+            reward_kwargs = self.reward_kwargs(stage) if kind == "rl" else None
             for directory in (*stage.train, *stage.val):
-                manifest_path = Path(directory) / "manifest.json"
-                if not manifest_path.is_file():
-                    problems.append(f"stage {stage.name}: {directory} is not a medverl prep output (no manifest.json); "
-                                    f"run `medverl prep {'caption|interleaved' if kind == 'cpt' else kind} ... "
-                                    f"--output {directory}`")
+                try:
+                    prepared = open_prepared(directory, (kind,))
+                except PreparedError as exc:
+                    problems.append(f"stage {stage.name} ({stage.recipe}): {exc}")
                     continue
-                manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-                if not manifest.get("complete"):
-                    problems.append(f"stage {stage.name}: {directory} is an unfinished prep job; rerun it with --resume")
-                if manifest.get("kind") != kind:
-                    problems.append(f"stage {stage.name} ({stage.recipe}) trains on {kind} data, {directory} holds "
-                                    f"{manifest.get('kind')} data")
-                pixels = manifest.get("job", {}).get("options", {}).get("max_pixels")
+                pixels = prepared.options.get("max_pixels")
                 if stage.max_pixels is not None and pixels != stage.max_pixels:
                     problems.append(f"stage {stage.name}: the schedule says max_pixels={stage.max_pixels}, {directory} "
                                     f"was prepared with --max-pixels {pixels}; prepare it again with "
                                     f"--max-pixels {stage.max_pixels}")
+                if reward_kwargs is not None:
+                    problems += [f"stage {stage.name}: {p}" for p in check_reward_options(directory, reward_kwargs)]
             if stage.max_pixels is not None and self.trainer(stage) == "sft":  # GRPO may roll out at less
                 if previous_pixels is not None and stage.max_pixels < previous_pixels:
                     logger.warning("stage %s lowers max_pixels (%d < %d): the schedule is not low-to-high",
@@ -257,13 +256,10 @@ class Pipeline:
         return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
     def _parquet(self, directories: tuple[str, ...]) -> list[str]:
-        files = []
-        for directory in directories:
-            found = sorted(Path(directory).resolve().glob("part-*.parquet"))
-            if not found:
-                raise PipelineError(f"{directory} holds no part-*.parquet shards; run medverl prep first")
-            files += map(str, found)
-        return files
+        try:
+            return [str(shard.resolve()) for directory in directories for shard in open_prepared(directory).shards]
+        except PreparedError as exc:
+            raise PipelineError(str(exc)) from None
 
     def _torchrun(self, environ: dict[str, str]) -> tuple[str, ...]:
         # torchrun of this interpreter, whether or not its environment is activated

@@ -202,10 +202,14 @@ def test_a_changed_finished_stage_needs_from(workdir: Path, capsys) -> None:
 @pytest.mark.parametrize(
     ("change", "error"),
     [
-        ({"stages": [{"name": "cpt", "recipe": "cpt", "train": ["data/sft"]}]}, "trains on cpt data, data/sft holds sft"),
+        ({"stages": [{"name": "cpt", "recipe": "cpt", "train": ["data/sft"]}]}, "stage cpt \\(cpt\\): data/sft holds sft data"),
         ({"stages": [{"name": "cpt", "recipe": "cpt", "train": ["data/cpt"], "max_pixels": 802816}]},
          "the schedule says max_pixels=802816, data/cpt was prepared with --max-pixels 200704"),
-        ({"stages": [{"name": "cpt", "recipe": "cpt", "train": ["data/none"]}]}, "data/none is not a medverl prep output"),
+        ({"stages": [{"name": "cpt", "recipe": "cpt", "train": ["data/none"]}]}, "data/none: no such directory"),
+        ({"stages": [{"name": "rl", "recipe": "grpo", "train": ["data/rl"], "val": ["data/rl_val"],
+                      "overrides": ["reward.custom_reward_function.reward_kwargs.think_prefilled=true"]}]},
+         "stage rl: data/rl was prepared with the think_answer prompt template, which is scored with "
+         "reward_kwargs.think_prefilled=false"),
         ({"stages": [{"name": "rl", "recipe": "grpo", "train": ["data/rl"]}]}, "GRPO needs validation data"),
         ({"stages": [{"name": "x", "recipe": "sft_stage9", "train": ["data/sft"]}]}, "no recipe .*sft_stage9.yaml"),
         ({"stages": [{"name": "x", "train": ["data/sft"]}]}, "stage 0 needs name, recipe, train"),
