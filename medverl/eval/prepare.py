@@ -10,13 +10,14 @@ from medverl.arguments import positive_int, print_job
 from medverl.data.converters import PrepOptions
 from medverl.data.runner import PrepJob, run_prep
 from medverl.errors import ConfigError
-from medverl.eval.benchmarks import READERS
+from medverl.eval.benchmarks import MMMU_SPLITS, READERS, ReadOptions
 from medverl.prompts import TEMPLATES, load_template
 
 
 def prepare(
     benchmark: str, source: str | Path, output: str | Path, *, max_pixels: int | None = None,
     template: str = TEMPLATES[0], workers: int = 1, resume: bool = False, progress: bool = True,
+    read: ReadOptions = ReadOptions(),
 ) -> dict:
     """Convert `benchmark` from `source` into RL shards in `output`; returns the manifest.
 
@@ -31,14 +32,17 @@ def prepare(
     records = output / f"{benchmark}.jsonl"
     try:
         with records.open("w", encoding="utf-8") as f:
-            for record in READERS[benchmark](Path(source)):
+            for record in READERS[benchmark](Path(source), read):
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
     except FileNotFoundError as exc:
         records.unlink()
         raise ConfigError(f"{benchmark}: {exc}; --source is the directory of the downloaded distribution") from None
-    options = PrepOptions(max_pixels=max_pixels, data_source=benchmark, split="test", template=load_template(template))
+    # the images are the distribution's own files: the distribution's directory is their only root
+    options = PrepOptions(max_pixels=max_pixels, data_source=benchmark, split="test", template=load_template(template),
+                          image_root=Path(source))
     manifest = run_prep(PrepJob("rl", (str(records),), output, options), workers=workers, resume=resume,
-                        progress=progress, info={"benchmark": benchmark, "benchmark_source": str(source)})
+                        progress=progress, info={"benchmark": benchmark, "benchmark_source": str(source),
+                              "read_options": {"include_restricted": read.include_restricted, "split": read.split}})
     records.unlink()
     return manifest
 
@@ -51,6 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=positive_int, help="written into every image dict (as in training)")
     parser.add_argument("--template", default=TEMPLATES[0], help=f"the prompt template training used: "
                         f"{', '.join(TEMPLATES)} or a file")
+    parser.add_argument("--include-restricted", action="store_true", help="omnimedvqa: read the Restricted-access "
+                        "part too (its images are not distributed; MedEvalKit reads Open-access only)")
+    parser.add_argument("--split", choices=MMMU_SPLITS, default="validation", help="mmmu_hm: the split to read "
+                        "(the seed's table used validation; test has no public answers)")
     parser.add_argument("--workers", type=positive_int, default=1, help="worker processes")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted job in the same directory")
 
@@ -58,5 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Run ``medverl eval prepare``."""
     manifest = prepare(args.benchmark, args.source, args.output, max_pixels=args.max_pixels, template=args.template,
-                       workers=args.workers, resume=args.resume)
+                       workers=args.workers, resume=args.resume,
+                       read=ReadOptions(include_restricted=args.include_restricted, split=args.split))
     return print_job(manifest, args.output)

@@ -4,22 +4,21 @@
 (data_source, index) against prepared benchmark directories. Both score each answer with the GRPO reward's rules
 (the ``<answer>`` content; an answer the reward cannot read scores 0 and counts as a parse failure; nothing is
 guessed), reject bad lines into ``rejects.jsonl`` with their line number and reason, and exit 1 when there is one.
-``compat="medevalkit"`` reproduces the common harness where published numbers must be compared: yes/no read as
-substrings of the whole response (so "nodule" reads as "no"), an unreadable multiple-choice answer given the most
-similar option (the harness may pick at random; the most similar option keeps scoring deterministic), open answers
-scored by token recall.
+``compat="medevalkit"`` gives MedEvalKit's rule-path verdicts (:mod:`medverl.eval.medevalkit`), for comparison
+with numbers published from it: yes/no as substrings (so "nodule" reads as "no"), open answers by exact match after
+its parse, an unreadable multiple-choice answer given the most similar choice, MMMU's random letter under its seed.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import difflib
 import io
 import json
+import random
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -28,17 +27,16 @@ from medverl.data.job import Job, Rejected, excerpt, fingerprint_inputs
 from medverl.data.prepared import open_prepared
 from medverl.data.records import iter_jsonl, json_object
 from medverl.errors import ConfigError
+from medverl.eval import medevalkit
 from medverl.eval.benchmarks import BENCHMARKS
 from medverl.rewards import (
     InvalidReference,
     RewardOptions,
     UnknownQueryType,
-    answer_region,
-    extract_choice,
     score_sample,
     tokens,
 )
-from medverl.rewards.choice import LETTERS, gold_letters, parse_options
+from medverl.rewards.choice import parse_options
 from medverl.rewards.scoring import parse_ground_truth
 
 SCORE_FIELDS = ("solution_str", "ground_truth")
@@ -81,55 +79,38 @@ def _token_recall_f1(pred: str, golds: tuple[str, ...]) -> tuple[float, float]:
     return best
 
 
-def _harness_yes_no(text: str, golds: tuple[str, ...], info: Mapping) -> tuple[float, bool, str, str]:
-    low = text.lower()
-    found = [w for w in ("yes", "no") if w in low]  # substrings, as the harness does
-    pred = found[0] if len(found) == 1 else ""
-    return float(pred != "" and pred in {g.strip().lower() for g in golds}), bool(pred), pred, ""
-
-
-def _harness_choice(text: str, golds: tuple[str, ...], info: Mapping) -> tuple[float, bool, str, str]:
-    options = parse_options(info.get("options"))
-    letter = extract_choice(text, options).letter
-    if not letter and options:  # the harness's fallback: the most similar option
-        ratios = [difflib.SequenceMatcher(None, text.lower(), o.lower()).ratio() for o in options]
-        letter = LETTERS[ratios.index(max(ratios))]
-        return float(letter in gold_letters(golds, options)), False, letter, "fallback: most similar option"
-    return float(letter in gold_letters(golds, options)), bool(letter), letter, ""
-
-
-def _harness_open(text: str, golds: tuple[str, ...], info: Mapping) -> tuple[float, bool, str, str]:
-    recall, _ = _token_recall_f1(text, golds)
-    return recall, bool(tokens(text)), text.strip(), ""
-
-
-# The common harness's rule per query type; any other is scored as an open answer.
-MEDEVALKIT_RULES: dict[str, Callable[[str, tuple[str, ...], Mapping], tuple[float, bool, str, str]]] = {
-    "yes_no": _harness_yes_no,
-    "multiple_choice": _harness_choice,
-}
 COMPAT_MODES = ("medevalkit",)
 
 
-def _compat_medevalkit(response: str, ground_truth: object, info: Mapping) -> tuple[float, bool, str, str]:
-    """(acc, parsed, pred, reason) under the common harness's rules."""
-    text = answer_region(response)
-    if "<answer>" in text and "</answer>" in text:
-        text = text[text.find("<answer>") + 8 : text.rfind("</answer>")]
-    rule = MEDEVALKIT_RULES.get(str(info.get("query_type")), _harness_open)
-    return rule(text, parse_ground_truth(ground_truth), info)
+def _compat_medevalkit(
+    response: str, ground_truth: object, info: Mapping, meta: Mapping, rng: random.Random,
+) -> tuple[float, bool, str, str]:
+    """(acc, parsed, pred, reason) by MedEvalKit's rule path (:mod:`medverl.eval.medevalkit`)."""
+    view = meta.get("medevalkit")
+    if not isinstance(view, Mapping):
+        golds = parse_ground_truth(ground_truth)
+        view = medevalkit.view_from_query_type(str(info.get("query_type")), golds[0] if golds else "",
+                                               parse_options(info.get("options")))
+    result = medevalkit.verdict(view, response, rng)
+    reason = f"fallback: {result.fallback}" if result.fallback else ""
+    return float(result.correct), not result.fallback, result.pred, reason
 
 
 def score_answer(
     response: str, ground_truth: object, extra_info: Mapping, options: RewardOptions, *, model: str = "",
     data_source: str = "unknown", index: int = 0, compat: str | None = None, id: object = None,
+    rng: random.Random | None = None,
 ) -> SampleScore:
-    """Score one answer; raises :class:`InvalidReference` or :class:`UnknownQueryType` for a bad reference."""
+    """Score one answer; raises :class:`InvalidReference` or :class:`UnknownQueryType` for a bad reference.
+
+    `rng` draws MedEvalKit's random letters under ``compat="medevalkit"`` (one per benchmark, seeded as
+    MedEvalKit seeds it, advanced in question order)."""
     meta = json.loads(extra_info.get("meta") or "{}") if isinstance(extra_info.get("meta"), str) else {}
     result = score_sample(response, ground_truth, extra_info, options)
     acc, parsed, pred, reason = result.acc, result.parsed, result.pred, result.reason
     if compat == "medevalkit":
-        acc, parsed, pred, reason = _compat_medevalkit(response, ground_truth, extra_info)
+        acc, parsed, pred, reason = _compat_medevalkit(
+            response, ground_truth, extra_info, meta, rng or random.Random(medevalkit.MEDEVALKIT_SEED))
     answer_type = str(meta.get("answer_type") or ("open" if result.query_type == "jaccard" else "closed"))
     recall = f1 = None
     if answer_type == "open":
@@ -190,7 +171,10 @@ class ScoreSummary:
 
 def _extra_info(row: Mapping) -> dict:
     """The extra_info verl would pass: the row's own ``extra_info`` plus top-level query_type and options."""
-    extra = dict(row.get("extra_info") or {})
+    extra = row.get("extra_info") or {}
+    if not isinstance(extra, Mapping):
+        raise InvalidReference(f"extra_info must be an object, got {type(extra).__name__}")
+    extra = dict(extra)
     for key in ("query_type", "options", "index"):
         if key in row:
             extra[key] = row[key]
@@ -309,13 +293,15 @@ def score_predictions(
     if compat is not None and compat not in COMPAT_MODES:
         raise ValueError(f"unknown compat mode {compat!r}; known: {', '.join(COMPAT_MODES)}")
     options = RewardOptions()
+    rngs: dict[str, random.Random] = {}  # MedEvalKit seeds Python's random before each benchmark
     scores = []
     for key in sorted(rows):
         row = rows[key]
         info, ground_truth = row["extra_info"], row["reward_model"]["ground_truth"]
         response = predictions.get(key)
         sample = score_answer("" if response is None else response, ground_truth, info, options, model=model,
-                              data_source=key[0], index=key[1], compat=compat)
+                              data_source=key[0], index=key[1], compat=compat,
+                              rng=rngs.setdefault(key[0], random.Random(medevalkit.MEDEVALKIT_SEED)))
         if response is None:
             sample = replace(sample, score=0.0, acc=0.0, format=0.0, parsed=False, pred="", reason="no prediction")
         scores.append(sample)
