@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -28,10 +29,62 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def positive_int(value: str) -> int:
-    number = int(value)
+    """An argparse type: an integer of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return number
+
+
+def non_negative_int(value: str) -> int:
+    """An argparse type: an integer of at least 0."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer of 0 or more, got {value!r}")
+    return number
+
+
+def _finite(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value!r}")
+    return number
+
+
+def positive_float(value: str) -> float:
+    """An argparse type: a finite number above 0 (seconds, sizes)."""
+    number = _finite(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    return number
+
+
+def unit_float(value: str) -> float:
+    """An argparse type: a finite number in [0, 1] (thresholds, weights)."""
+    number = _finite(value)
+    if not 0 <= number <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return number
+
+
+def add_image_arguments(parser: argparse._ActionsContainer) -> None:
+    """Where a record's image files may be read from, and how large they may be."""
+    from medverl.data.files import DEFAULT_MAX_IMAGE_BYTES
+
+    parser.add_argument("--image-root", action="append", default=[], metavar="DIR",
+                        help="directory image paths must lie in (after symlinks); relative paths are taken from it; "
+                        "repeatable. Without it no image file is read (inline base64 still is)")
+    parser.add_argument("--max-image-bytes", type=positive_int, default=DEFAULT_MAX_IMAGE_BYTES,
+                        help="image files and inline images larger than this are rejected unread")
 
 
 def add_plugins(parser: argparse._ActionsContainer) -> None:
@@ -43,7 +96,7 @@ def add_plugins(parser: argparse._ActionsContainer) -> None:
 
 def add_reward_options(parser: argparse._ActionsContainer) -> None:
     """The reward_kwargs of training, as options."""
-    parser.add_argument("--format-weight", type=float, default=_REWARD_DEFAULTS["format_weight"],
+    parser.add_argument("--format-weight", type=unit_float, default=_REWARD_DEFAULTS["format_weight"],
                         help="w in w*format + (1-w)*acc")
     parser.add_argument("--think-prefilled", action="store_true",
                         help="the chat template opened <think> (data prepared with --template think_prefilled)")

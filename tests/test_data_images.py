@@ -113,7 +113,7 @@ def test_formats_verl_should_not_see_raw_are_converted(tmp_path: Path) -> None:
 def test_dicom_reference_becomes_png_with_metadata(tmp_path: Path) -> None:
     raw = Path(dicom_path("MR_small.dcm")).read_bytes()
     for reference in (dicom_path("MR_small.dcm"), {"image_base64": base64.b64encode(raw).decode()}):
-        image = load_image(reference)
+        image = load_image(reference, Path(dicom_path("MR_small.dcm")).parent)
         assert image.converted == "DICOM to 8-bit PNG"
         assert image.metadata["modality"] == "MR" and (image.width, image.height) == (64, 64)
         assert Image.open(io.BytesIO(image.data)).format == "PNG"
@@ -123,12 +123,12 @@ def test_dicom_reference_becomes_png_with_metadata(tmp_path: Path) -> None:
     ("make", "reason"),
     [
         (lambda d: "missing.png", "image file not found"),
-        (lambda d: "data:image/png;base64,!!!not-base64!!!", "invalid base64"),
+        (lambda d: "data:image/png;base64,!!!not-base64!!!", "not valid base64"),
         (lambda d: (d / "cut.png").write_bytes(_png(d / "cut.png")[:60]) and "cut.png", "image does not decode"),
         (lambda d: (d / "text.png").write_text("not an image") and "text.png", "image does not decode"),
         (lambda d: (d / "cut.jpg").write_bytes(_noise_jpeg()[:-200]) and "cut.jpg", "truncated"),
         (lambda d: (d / "big.png").write_bytes(_png(d / "big.png", (400, 300))) and "big.png", "over the limit of 100000"),
-        (lambda d: (d / "empty.dcm").write_bytes(b"\0" * 128 + b"DICM") and "empty.dcm", "DICOM has no readable pixel data"),
+        (lambda d: (d / "empty.dcm").write_bytes(b"\0" * 128 + b"DICM") and "empty.dcm", "no Rows .0028,0010. or Columns"),
         (lambda d: {"caption": "x"}, "has none of bytes, image_base64"),
         (lambda d: 42, "must be a path, base64 string or dict"),
         (lambda d: "", "must be a path, base64 string or dict"),

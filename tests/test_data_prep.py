@@ -52,7 +52,7 @@ RL_BAD = [
     ({"question": "q", "answer": "yes", "query_type": "yes_no", "image": "cut.png"}, "bad_image"),
     ({"question": "q", "answer": "yes", "query_type": "yes_no", "image": "notes.png"}, "bad_image"),
     ({"question": "q", "answer": "yes", "query_type": "yes_no", "image": "huge.png"}, "bad_image"),  # pixel limit
-    ({"question": "q", "answer": "yes", "query_type": "yes_no", "image": "data:image/png;base64,@@"}, "bad_image"),
+    ({"question": "q", "answer": "yes", "query_type": "yes_no", "image": "data:image/png;base64,@@"}, "bad_base64"),
     ({"question": "<image><image> q", "answer": "yes", "query_type": "yes_no", "image": "cxr.png"}, "placeholder_mismatch"),
     ({"question": "<image> q", "answer": "yes", "query_type": "yes_no"}, "placeholder_mismatch"),
     ({"prompt": [{"role": "robot", "content": "q"}], "reward_model": {"ground_truth": "yes"},
@@ -212,7 +212,7 @@ def test_large_windows_are_split_by_bytes(tmp_path: Path, images: Path) -> None:
     manifest = run_prep(job, progress=False)
     assert [s["rows"] for s in manifest["shards"]] == [1] * manifest["written"]  # one row per file past the limit
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        [s["file"] for s in manifest["shards"]] + ["manifest.json", "rejects.jsonl"]
+        [s["file"] for s in manifest["shards"]] + ["manifest.json", "rejects.jsonl", "digests.txt"]
     )
     assert _read_shards(tmp_path / "out").num_rows == manifest["written"]
 

@@ -121,7 +121,8 @@ def test_rules_score_filter_and_accounting(images: Path, tmp_path: Path, capsys)
     assert regrouped["job"]["subset_key"] == "image" and "blank.png" in regrouped["failing_subsets"]
     assert main(["qc", "filter", str(out), "--output", str(tmp_path / "f3"), "--min", "medical_correctness=0.5"]) == 2
     assert "rules scorer leaves medical_correctness to the judge" in capsys.readouterr().err
-    assert main(["qc", "filter", str(out), "--output", str(tmp_path / "f5"), "--min", "fluency=1.1"]) == 1  # none kept
+    for bad in ("fluency=1.1", "fluency=nan", "fluency=-0.1"):  # scores lie in [0, 1]: a usage error
+        assert main(["qc", "filter", str(out), "--output", str(tmp_path / "f5"), "--min", bad]) == 2
     assert main(["qc", "filter", str(out), "--output", str(tmp_path / "f6"), "--min", "fluency"]) == 2
     assert "medical_correctness, fluency, relevance, completeness, practicality, mean" in capsys.readouterr().err
     assert main(["qc", "filter", str(tmp_path / "f1"), "--output", str(tmp_path / "f7")]) == 2  # not qc scores
@@ -149,6 +150,13 @@ class _Judge(BaseHTTPRequestHandler):
         payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self) -> None:  # the preflight's model listing
+        payload = json.dumps({"object": "list", "data": [{"id": "vlm", "object": "model"}]}).encode()
+        self.send_response(200 if self.path == "/v1/models" else 404)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)

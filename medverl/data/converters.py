@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from medverl.data.files import DEFAULT_MAX_IMAGE_BYTES, image_roots
 from medverl.data.images import CHECK_LEVELS, DEFAULT_PIXEL_LIMIT, ImageError, LoadedImage, load_image
 from medverl.prompts import ANSWER_HINTS
 from medverl.rewards import InvalidReference, RewardOptions, UnknownQueryType, check_reference, parse_ground_truth
@@ -44,7 +46,9 @@ class PrepOptions:
     """What every converter of one job shares.
 
     Attributes:
-        image_root: base directory of relative image paths.
+        image_root: the image roots (one directory or several): every image path must lie inside one after
+            symlinks are resolved; relative paths are taken from them.
+        max_image_bytes: larger image files and inline images are rejected unread.
         max_pixels, min_pixels: written into every image dict (verl forwards them to qwen_vl_utils).
         pixel_limit: images with more pixels are rejected before decoding.
         image_check: how images are proven to decode, one of ``CHECK_LEVELS`` ("structure" walks JPEG markers and
@@ -57,7 +61,8 @@ class PrepOptions:
         plugins: reward plugins, so that their query types validate here as they will in training.
     """
 
-    image_root: Path | None = None
+    image_root: Path | tuple[Path, ...] | None = None
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_pixels: int | None = None
     min_pixels: int | None = None
     pixel_limit: int = DEFAULT_PIXEL_LIMIT
@@ -70,6 +75,7 @@ class PrepOptions:
     plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "image_root", image_roots(self.image_root))
         if self.image_check not in CHECK_LEVELS:
             raise ValueError(f"unknown image check {self.image_check!r}; use one of {', '.join(CHECK_LEVELS)}")
 
@@ -99,6 +105,16 @@ def _text(record: Mapping, key: str, *, required: bool = True) -> str:
     return value
 
 
+def _label(record: Mapping, key: str, default: str) -> str:
+    """A short text field (split, data_source, ability): a string or a number, else `default` when absent."""
+    value = record.get(key)
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise _fail("bad_field", f"field {key!r} must be a string, got {type(value).__name__}")
+    return str(value)
+
+
 def _image_list(value: object) -> list:
     """An ``image``/``images`` field as a list of references."""
     if value is None:
@@ -115,10 +131,10 @@ def _load_images(references: list, options: PrepOptions) -> tuple[list[dict], st
     images, meta = [], []
     for i, reference in enumerate(references):
         try:
-            image: LoadedImage = load_image(reference, options.image_root, options.pixel_limit, check=options.image_check)
+            image: LoadedImage = load_image(reference, options.image_root, options.pixel_limit,
+                                            check=options.image_check, max_image_bytes=options.max_image_bytes)
         except ImageError as exc:
-            code = "image_not_found" if "not found" in str(exc) else "bad_image"
-            raise _fail(code, f"image {i}: {exc}") from None
+            raise _fail(exc.code, f"image {i}: {exc}") from None
         entry: dict[str, object] = {"bytes": image.data, "path": image.path}
         for key in options.resolution_keys:
             entry[key] = getattr(options, key)
@@ -151,6 +167,8 @@ def _converter(read: Callable[[Mapping, int, str, PrepOptions], Parsed]) -> Call
             images, image_meta = _load_images(parsed.content.images, options)
         except _Rejected as exc:
             return exc.reject
+        except (RecursionError, MemoryError) as exc:  # a record nested or sized past what this process can hold
+            return Reject("record_too_large", f"{type(exc).__name__} while reading the record")
         return parsed.build(images, image_meta)
 
     convert.read = read
@@ -205,7 +223,7 @@ def _ground_truth(answer: object) -> str:
         if not kept:
             raise _fail("empty_ground_truth", "every acceptable answer is empty")
         return kept[0] if len(kept) == 1 else json.dumps(kept, ensure_ascii=False)
-    if isinstance(answer, int | float) and not isinstance(answer, bool):
+    if isinstance(answer, int) and not isinstance(answer, bool) or isinstance(answer, float) and math.isfinite(answer):
         return str(answer)
     raise _fail("empty_ground_truth", f"answer must be a string or a list of strings, got {answer!r:.60}")
 
@@ -220,9 +238,9 @@ def convert_rl(record: Mapping, index: int, source: str, options: PrepOptions) -
         raise _fail("missing_field", f"missing field 'answer'; the record has {', '.join(sorted(record))}")
     ground_truth = _ground_truth(record["answer"])
     choices = _parse_record_options(record.get("options"))
-    query_type = record.get("query_type") or options.query_type
+    query_type = _label(record, "query_type", options.query_type)
     extra_info = {
-        "split": str(record.get("split") or options.split),
+        "split": _label(record, "split", options.split),
         "index": index,
         "query_type": query_type,
         "options": choices or None,
@@ -274,14 +292,16 @@ def _read_verl_rl(record: Mapping, index: int, source: str, options: PrepOptions
     if not isinstance(reward_model, Mapping) or "ground_truth" not in reward_model:
         raise _fail("missing_field", "reward_model must be {style, ground_truth}")
     ground_truth = _ground_truth(reward_model["ground_truth"])
-    given = dict(record.get("extra_info") or {})
+    given = record.get("extra_info") or {}
+    if not isinstance(given, Mapping):
+        raise _fail("bad_field", f"extra_info must be an object, got {type(given).__name__}")
     choices = _parse_record_options(given.get("options"))
     extra_info = {
-        "split": str(given.get("split") or options.split),
+        "split": _label(given, "split", options.split),
         "index": index,
-        "query_type": given.get("query_type") or options.query_type,
+        "query_type": _label(given, "query_type", options.query_type),
         "options": choices or None,
-        "question": str(given.get("question") or ""),
+        "question": _text(given, "question", required=False),
         "source": source,
         "meta": _meta(given.get("meta")),
     }
@@ -300,10 +320,10 @@ def _rl_row(
     record: Mapping, prompt: list, images: list, ground_truth: str, extra_info: dict, options: PrepOptions
 ) -> dict:
     return {
-        "data_source": str(record.get("data_source") or options.data_source),
+        "data_source": _label(record, "data_source", options.data_source),
         "prompt": prompt,
         "images": images,
-        "ability": str(record.get("ability") or options.ability),
+        "ability": _label(record, "ability", options.ability),
         "reward_model": {"style": "rule", "ground_truth": ground_truth},
         "extra_info": extra_info,
     }
@@ -325,7 +345,10 @@ def convert_sft(record: Mapping, index: int, source: str, options: PrepOptions) 
     conversations = record.get("conversations")
     if conversations is None:
         raise _fail("missing_field", f"missing field 'conversations'; the record has {', '.join(sorted(record))}")
-    if not isinstance(conversations, list | tuple) or not conversations:
+    if not isinstance(conversations, list | tuple):
+        raise _fail("bad_field", f"conversations must be a list of {{from, value}} turns, got "
+                    f"{type(conversations).__name__}")
+    if not conversations:
         raise _fail("empty_conversation", "conversations is empty")
     messages = []
     for turn, message in enumerate(conversations):
@@ -400,7 +423,7 @@ def _cpt_row(
     options: PrepOptions,
 ) -> dict:
     return {
-        "data_source": str(record.get("data_source") or options.data_source),
+        "data_source": _label(record, "data_source", options.data_source),
         "kind": kind,
         "segments": segments,
         "images": images,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import sys
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medverl.arguments import EXIT_NOTHING_USABLE, EXIT_OK
+from medverl.arguments import EXIT_NOTHING_USABLE, EXIT_OK, positive_int
 from medverl.errors import ConfigError
 
 # CT presets as (center, width) in Hounsfield units.
@@ -43,9 +45,41 @@ class DicomImage:
 def _functional_group(ds, frame: int, sequence: str):
     """`sequence`'s first item from the per-frame groups of `frame`, else the shared groups (enhanced DICOM)."""
     for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
-        if groups in ds and len(ds[groups].value) > index and sequence in ds[groups][index]:
-            return ds[groups][index][sequence][0]
+        try:
+            if groups in ds and len(ds[groups].value) > index and sequence in ds[groups][index]:
+                return ds[groups][index][sequence][0]
+        except Exception as exc:  # an empty sequence, a value of the wrong type
+            raise DicomError(f"bad {groups} > {sequence}: {exc}") from None
     return None
+
+
+def _number(ds, keyword: str, default: float | None = None, *, integer: bool = False, low: float | None = None,
+            high: float | None = None) -> float | None:
+    """The (first) value of header element `keyword` as a finite number in [low, high], `default` when absent;
+    raises :class:`DicomError` naming the tag for anything else (garbage strings, NaN, an empty value)."""
+    try:
+        if keyword not in ds:
+            return default
+        element = ds[keyword]
+        value = element.value
+        tag = f"{keyword} {element.tag}"
+    except Exception as exc:
+        raise DicomError(f"bad {keyword}: {exc}") from None
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str | bytes) and hasattr(value, "__len__"):
+        if not len(value):
+            return default
+        value = value[0]
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise DicomError(f"bad {tag}: {str(value)[:40]!r} is not a number") from None
+    if not math.isfinite(number) or (integer and not number.is_integer()):
+        raise DicomError(f"bad {tag}: {number!r} is not {'an integer' if integer else 'a finite number'}")
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise DicomError(f"bad {tag}: {number:g} is out of range [{low:g}, {high:g}]")
+    return int(number) if integer else number
 
 
 def _first(value: object) -> float:
@@ -57,39 +91,112 @@ def _first(value: object) -> float:
 
 def linear_window(x: np.ndarray, center: float, width: float) -> np.ndarray:
     """DICOM linear VOI window to uint8: ``clip((x - (c - 0.5)) / (w - 1) + 0.5, 0, 1) * 255``, rounded."""
-    y = np.clip((x - (center - 0.5)) / max(width - 1.0, 1e-6) + 0.5, 0.0, 1.0)
-    return np.round(255.0 * y).astype(np.uint8)
+    y = np.subtract(x, center - 0.5, dtype=np.float64)  # one temporary, updated in place
+    y /= max(width - 1.0, 1e-6)
+    y += 0.5
+    np.clip(y, 0.0, 1.0, out=y)
+    y *= 255.0
+    return np.round(y, out=y).astype(np.uint8)
 
 
 def stretch_to_uint8(x: np.ndarray, low: float, high: float) -> np.ndarray:
     """Map [low, high] linearly onto 0..255 (clipped); a flat range gives black."""
-    if high <= low:
+    if not high > low:  # also NaN
         return np.zeros(x.shape, dtype=np.uint8)
-    return np.round(255.0 * np.clip((x - low) / (high - low), 0.0, 1.0)).astype(np.uint8)
+    y = np.subtract(x, low, dtype=np.float64)
+    y /= high - low
+    np.clip(y, 0.0, 1.0, out=y)
+    y *= 255.0
+    return np.round(y, out=y).astype(np.uint8)
 
 
-def dicom_to_png(source: str | Path | bytes, preset: str | tuple[float, float] | None = None) -> DicomImage:
+# The dataset of a deflated transfer syntax is one zlib stream, inflated whole by pydicom: it is measured first.
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_HEADER_SLACK = 16 << 20
+
+
+def _check_header(data: bytes, pixel_limit: int | None) -> None:
+    """Refuse a file whose header promises more than `pixel_limit` samples (rows x columns x frames x samples),
+    or whose deflated dataset inflates past what that many samples need, before any pixel is decoded."""
+    import pydicom
+
+    fp = io.BytesIO(data)
+    try:
+        pydicom.filereader.read_preamble(fp, True)
+        meta = pydicom.filereader._read_file_meta_info(fp)
+        syntax = str(meta.get("TransferSyntaxUID", ""))
+    except Exception as exc:
+        raise DicomError(f"bad DICOM file meta information: {exc}") from None
+    if syntax == _DEFLATED and pixel_limit is not None:
+        budget, inflated = pixel_limit * 8 + _HEADER_SLACK, 0
+        inflater, rest = zlib.decompressobj(-zlib.MAX_WBITS), data[fp.tell():]
+        try:
+            chunk = inflater.decompress(rest, 1 << 20)
+            while chunk:
+                inflated += len(chunk)
+                if inflated > budget:
+                    raise DicomError(f"the deflated dataset inflates past {budget} bytes (the pixel limit "
+                                     f"{pixel_limit} at 8 bytes a sample): a decompression bomb")
+                chunk = inflater.decompress(inflater.unconsumed_tail, 1 << 20)
+        except zlib.error as exc:
+            raise DicomError(f"bad deflated dataset: {exc}") from None
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+    except Exception as exc:
+        raise DicomError(f"unreadable DICOM header: {exc}") from None
+    rows = _number(ds, "Rows", integer=True, low=1, high=1 << 16)
+    columns = _number(ds, "Columns", integer=True, low=1, high=1 << 16)
+    if rows is None or columns is None:
+        raise DicomError("no Rows (0028,0010) or Columns (0028,0011): not an image")
+    frames = _number(ds, "NumberOfFrames", 1, integer=True, low=1, high=1 << 31)
+    samples = _number(ds, "SamplesPerPixel", 1, integer=True, low=1, high=4)
+    _number(ds, "BitsAllocated", integer=True, low=1, high=64)
+    total = rows * columns * frames * samples
+    if pixel_limit is not None and total > pixel_limit:
+        raise DicomError(f"{rows}x{columns} x {frames} frame(s) x {samples} sample(s) = {total} is over the pixel limit "
+                         f"of {pixel_limit} (raise --pixel-limit if it is real)")
+
+
+def dicom_to_png(
+    source: str | Path | bytes, preset: str | tuple[float, float] | None = None, pixel_limit: int | None = None,
+) -> DicomImage:
     """Convert one DICOM file to an 8-bit PNG.
 
     Window, in order: `preset` (a CT preset name or a (center, width) pair), the VOI LUT sequence, the window
     center/width (first of several; the functional groups of enhanced multi-frame files), the soft-tissue preset
     for CT, a 0.5-99.5 percentile stretch. Colour images are not windowed. MONOCHROME1 is inverted after windowing.
-    A multi-frame file gives its middle frame.
+    A multi-frame file gives its middle frame. With `pixel_limit`, the header's size is checked before any pixel is
+    decoded. Every header value used is checked: a bad one raises :class:`DicomError` naming its tag.
     """
     import pydicom
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
+    if isinstance(preset, str) and preset not in CT_PRESETS:
+        raise ValueError(f"unknown window preset {preset!r}; known: {', '.join(CT_PRESETS)}")
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    _check_header(data, pixel_limit)
     try:
-        ds = pydicom.dcmread(io.BytesIO(source) if isinstance(source, bytes) else source)
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
         pixels = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for bad files and missing decoders
         raise DicomError(f"DICOM has no readable pixel data: {exc}") from exc
+    try:
+        return _convert(ds, pixels, preset)
+    except DicomError:
+        raise
+    except Exception as exc:  # a header combination the checks above do not foresee: still this file's fault
+        raise DicomError(f"cannot convert: {type(exc).__name__}: {exc}") from None
+
+
+def _convert(ds, pixels: np.ndarray, preset: str | tuple[float, float] | None) -> DicomImage:
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    n_frames = _number(ds, "NumberOfFrames", 1, integer=True, low=1)
     frame = n_frames // 2
     if n_frames > 1:
         pixels = pixels[frame]
+    if pixels.ndim not in (2, 3):
+        raise DicomError(f"pixel data of shape {pixels.shape} is not one image (Rows, Columns, NumberOfFrames)")
     meta: dict[str, object] = {
         "modality": str(ds.get("Modality", "")),
         "photometric_interpretation": photometric,
@@ -100,40 +207,64 @@ def dicom_to_png(source: str | Path | bytes, preset: str | tuple[float, float] |
     }
 
     if photometric == "PALETTE COLOR":
-        rgb = apply_color_lut(pixels, ds)
+        if "RedPaletteColorLookupTableDescriptor" not in ds or "RedPaletteColorLookupTableData" not in ds and \
+                "SegmentedRedPaletteColorLookupTableData" not in ds:
+            raise DicomError("PALETTE COLOR without a palette (RedPaletteColorLookupTableDescriptor (0028,1101) "
+                             "and its data)")
+        try:
+            rgb = apply_color_lut(pixels, ds)
+        except Exception as exc:
+            raise DicomError(f"bad PaletteColorLookupTable (0028,1101-1203): {exc}") from None
         out = stretch_to_uint8(rgb, 0, float(rgb.max())) if rgb.dtype != np.uint8 else rgb
         meta["window"] = "none (colour)"
         return DicomImage(_png(out, "RGB"), meta)
     if photometric in _COLOR or pixels.ndim == 3:
-        top = float(2 ** int(ds.BitsStored) - 1)
+        if pixels.ndim != 3 or pixels.shape[2] != 3:
+            raise DicomError(f"PhotometricInterpretation (0028,0004) {photometric} but pixels of shape {pixels.shape}")
+        top = float(2 ** _number(ds, "BitsStored", 8, integer=True, low=1, high=64) - 1)
         out = pixels if pixels.dtype == np.uint8 else stretch_to_uint8(pixels, 0, top)
         meta["window"] = "none (colour)"
         return DicomImage(_png(out, "RGB"), meta)
 
     transform = _functional_group(ds, frame, "PixelValueTransformationSequence")
     if transform is not None and "RescaleSlope" in transform:
-        x = pixels.astype(np.float64) * float(transform.RescaleSlope) + float(transform.RescaleIntercept)
+        x = pixels.astype(np.float64)
+        x *= _number(transform, "RescaleSlope", 1.0)
+        x += _number(transform, "RescaleIntercept", 0.0)
+    elif "ModalityLUTSequence" in ds:
+        try:
+            x = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+        except Exception as exc:
+            raise DicomError(f"bad ModalityLUTSequence (0028,3000): {exc}") from None
     else:
-        x = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+        x = pixels.astype(np.float64)
+        x *= _number(ds, "RescaleSlope", 1.0)
+        x += _number(ds, "RescaleIntercept", 0.0)
 
     voi = _functional_group(ds, frame, "FrameVOILUTSequence")
     if isinstance(preset, str):
-        if preset not in CT_PRESETS:
-            raise ValueError(f"unknown window preset {preset!r}; known: {', '.join(CT_PRESETS)}")
         center, width = CT_PRESETS[preset]
         out, meta["window"] = linear_window(x, center, width), f"preset {preset} ({center:g}/{width:g})"
     elif preset is not None:
         center, width = preset
         out, meta["window"] = linear_window(x, center, width), f"explicit ({center:g}/{width:g})"
     elif "VOILUTSequence" in ds:
-        lut = apply_voi_lut(pixels, ds, prefer_lut=True).astype(np.float64)
-        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        try:
+            item = ds.VOILUTSequence[0]
+            bits = int(item.LUTDescriptor[2])
+            if not 1 <= bits <= 16 or not len(item.LUTData):
+                raise ValueError(f"LUTDescriptor {list(item.LUTDescriptor)} with {len(item.LUTData)} entries")
+            lut = apply_voi_lut(pixels, ds, prefer_lut=True).astype(np.float64)
+        except Exception as exc:  # an empty sequence or item, no LUTDescriptor, a LUT of the wrong size
+            raise DicomError(f"bad VOILUTSequence (0028,3010): {type(exc).__name__}: {exc}") from None
         out, meta["window"] = stretch_to_uint8(lut, 0.0, float(2**bits - 1)), "VOI LUT sequence"
     elif voi is not None and "WindowCenter" in voi:
-        center, width = _first(voi.WindowCenter), _first(voi.WindowWidth)
+        center, width = _number(voi, "WindowCenter"), _number(voi, "WindowWidth", 1.0)
         out, meta["window"] = linear_window(x, center, width), f"functional groups ({center:g}/{width:g})"
     elif "WindowCenter" in ds and "WindowWidth" in ds:
-        center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        center, width = _number(ds, "WindowCenter"), _number(ds, "WindowWidth")
+        if center is None or width is None:
+            raise DicomError("empty WindowCenter (0028,1050) or WindowWidth (0028,1051)")
         out, meta["window"] = linear_window(x, center, width), f"header ({center:g}/{width:g})"
     elif meta["modality"] == "CT":
         center, width = CT_PRESETS[DEFAULT_CT_PRESET]
@@ -188,6 +319,7 @@ def output_names(inputs: list[str]) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``medverl dicom``'s arguments."""
+    from medverl.data.files import DEFAULT_MAX_IMAGE_BYTES
     from medverl.data.images import DEFAULT_PIXEL_LIMIT
 
     parser.add_argument("inputs", nargs="+", help=".dcm files")
@@ -196,14 +328,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", type=_parse_preset, default=None,
                         help=f"window: {', '.join(CT_PRESETS)} or CENTER,WIDTH (write --preset=-600,1500 for a "
                         "negative center); default: the file's own window, else a fallback")
-    parser.add_argument("--pixel-limit", type=int, default=DEFAULT_PIXEL_LIMIT, help="reject larger images")
+    parser.add_argument("--pixel-limit", type=positive_int, default=DEFAULT_PIXEL_LIMIT,
+                        help="reject larger images (rows x columns x frames x samples, from the header)")
+    parser.add_argument("--max-image-bytes", type=positive_int, default=DEFAULT_MAX_IMAGE_BYTES,
+                        help="reject larger files unread")
 
 
 def run_command(args: argparse.Namespace) -> int:
     """Run ``medverl dicom``: exit status 1 when no file converts."""
     from tqdm import tqdm
 
-    from medverl.data.images import ImageError, load_image
+    from medverl.data.files import FileRefused, read_file
+    from medverl.data.images import ImageError, decode_image
 
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -212,8 +348,8 @@ def run_command(args: argparse.Namespace) -> int:
     for name, png in zip(tqdm(args.inputs, desc="converting", unit=" files", disable=None, file=sys.stderr), names,
                          strict=True):
         try:
-            image = load_image(name, dicom_preset=args.preset, pixel_limit=args.pixel_limit)
-        except ImageError as exc:
+            image = decode_image(read_file(name, args.max_image_bytes), name, args.pixel_limit, args.preset)
+        except (ImageError, FileRefused) as exc:
             print(f"{name}: {exc}", file=sys.stderr)
             continue
         target = out_dir / png

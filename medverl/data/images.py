@@ -7,6 +7,7 @@ import binascii
 import io
 import re
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -15,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from medverl.data.dicom import DicomError, dicom_to_png, stretch_to_uint8
+from medverl.data.files import DEFAULT_MAX_IMAGE_BYTES, FileRefused, image_roots, read_confined
 
 # Larger images are rejected before they are decoded (a 30000 x 30000 PNG is a few KB on disk, 2.7 GB in memory).
 DEFAULT_PIXEL_LIMIT = 8192 * 8192
@@ -36,7 +38,11 @@ _JPEG_FRAMES = frozenset({0xC0, 0xC1, 0xC2, 0xC9, 0xCA})  # the processes libjpe
 
 
 class ImageError(ValueError):
-    """An image reference that does not give a usable image; the message is the reject reason."""
+    """An image reference that does not give a usable image; the message is the reject reason, `code` its code."""
+
+    def __init__(self, message: str, code: str = "bad_image") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -59,38 +65,62 @@ class LoadedImage:
     metadata: dict[str, object] = field(default_factory=dict)
 
 
-def read_reference(reference: object, image_root: Path | None) -> tuple[bytes, str]:
+def read_reference(
+    reference: object, image_root: Path | Iterable[Path] | None, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+) -> tuple[bytes, str]:
     """The raw bytes and source path of one image reference.
 
-    Accepts a path (relative to `image_root`), a data URI, bare base64, raw bytes, or a dict with
-    ``image_base64``, ``image_path``, ``bytes``/``path`` (verl's layout) or ``image``.
+    Accepts a path (inside an image root, see :mod:`medverl.data.files`), a data URI, bare base64, raw bytes, or a
+    dict with ``bytes`` or ``image_base64`` (inline data only, never a path), ``image_path`` or ``path`` (a path
+    only), or ``image`` (any of these).
     """
     if isinstance(reference, bytes | bytearray):
-        return bytes(reference), ""
+        return _bounded(bytes(reference), max_bytes), ""
     if isinstance(reference, dict):
         for key in ("bytes", "image_base64", "image_path", "path", "image"):
             value = reference.get(key)
-            if value:
-                data, path = read_reference(value, image_root)
-                return data, path or str(reference.get("path") or "")
-        raise ImageError(f"image reference has none of bytes, image_base64, image_path, path, image: {_excerpt(reference)}")
+            if not value:
+                continue
+            if key in ("bytes", "image_base64"):
+                data, path = _inline(key, value, max_bytes), ""
+            elif key in ("image_path", "path") and not isinstance(value, str):
+                raise ImageError(f"{key} must be a path string, got {type(value).__name__}", "bad_field")
+            else:
+                data, path = read_reference(value, image_root, max_bytes)
+            named = reference.get("path")
+            return data, path or (named if isinstance(named, str) else "")
+        raise ImageError(f"image reference has none of bytes, image_base64, image_path, path, image: {_excerpt(reference)}",
+                         "bad_field")
     if not isinstance(reference, str) or not reference.strip():
-        raise ImageError(f"image reference must be a path, base64 string or dict, got {_excerpt(reference)}")
+        raise ImageError(f"image reference must be a path, base64 string or dict, got {_excerpt(reference)}",
+                         "bad_field")
     text = reference.strip()
     if m := _DATA_URI.match(text):
-        return _b64decode(text[m.end() :]), ""
-    if (data := _sniff_base64(text)) is not None:
+        return _b64decode(text[m.end() :], max_bytes), ""
+    if (data := _sniff_base64(text, max_bytes)) is not None:
         return data, ""
-    path = Path(text.removeprefix("file://")).expanduser()
-    if not path.is_absolute() and image_root is not None:
-        path = image_root / path
     try:
-        return path.read_bytes(), str(path)
-    except FileNotFoundError:
-        hint = "" if image_root is not None or path.is_absolute() else " (relative paths need --image-root)"
-        raise ImageError(f"image file not found: {path}{hint}") from None
-    except OSError as exc:
-        raise ImageError(f"image file unreadable: {path}: {exc.strerror or exc}") from None
+        return read_confined(text, image_roots(image_root), max_bytes)
+    except FileRefused as exc:
+        raise ImageError(str(exc), exc.code) from None
+
+
+def _inline(key: str, value: object, max_bytes: int) -> bytes:
+    """The bytes of a field that holds image data (raw bytes, base64 or a data URI), never read as a path."""
+    if isinstance(value, bytes | bytearray):
+        return _bounded(bytes(value), max_bytes)
+    if not isinstance(value, str):
+        raise ImageError(f"{key} must hold base64 image data, got {type(value).__name__}", "bad_field")
+    text = value.strip()
+    if m := _DATA_URI.match(text):
+        text = text[m.end() :]
+    return _b64decode(text, max_bytes, key)
+
+
+def _bounded(data: bytes, max_bytes: int) -> bytes:
+    if len(data) > max_bytes:
+        raise ImageError(f"inline image of {len(data)} bytes is over --max-image-bytes {max_bytes}", "image_too_large")
+    return data
 
 
 def load_image(
@@ -99,14 +129,23 @@ def load_image(
     pixel_limit: int = DEFAULT_PIXEL_LIMIT,
     dicom_preset: str | tuple[float, float] | None = None,
     check: str = "structure",
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> LoadedImage:
     """Resolve and check one image reference (`check`: one of ``CHECK_LEVELS``); raises :class:`ImageError`."""
-    data, path = read_reference(reference, image_root)
+    data, path = read_reference(reference, image_root, max_image_bytes)
+    return decode_image(data, path, pixel_limit, dicom_preset, check)
+
+
+def decode_image(
+    data: bytes, path: str = "", pixel_limit: int = DEFAULT_PIXEL_LIMIT,
+    dicom_preset: str | tuple[float, float] | None = None, check: str = "structure",
+) -> LoadedImage:
+    """Check image bytes read from `path` ("" for inline data), converting DICOM and formats not kept."""
     if _is_dicom(data, path):
         try:
-            dicom = dicom_to_png(data, preset=dicom_preset)
+            dicom = dicom_to_png(data, preset=dicom_preset, pixel_limit=pixel_limit)
         except DicomError as exc:
-            raise ImageError(f"{path or 'inline DICOM'}: {exc}") from None
+            raise ImageError(f"{path or 'inline DICOM'}: {exc}", "bad_dicom") from None
         header = _check(dicom.png, path, pixel_limit, check)
         return LoadedImage(dicom.png, path, header.width, header.height, "DICOM to 8-bit PNG", dicom.metadata)
     header = _check(data, path, pixel_limit, check)
@@ -261,24 +300,28 @@ def _is_dicom(data: bytes, path: str) -> bool:
 _SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*")
 
 
-def _sniff_base64(text: str) -> bytes | None:
+def _sniff_base64(text: str, max_bytes: int) -> bytes | None:
     """The decoded bytes when `text` is base64 of an image or DICOM file, else None (it is a path)."""
     if len(text) < 16 or not _BASE64_CHARS.fullmatch(text[:4096]):
         return None
     try:
-        data = base64.b64decode("".join(text.split()), validate=True)
+        data = base64.b64decode("".join(text[:4096].split())[:4096 // 4 * 4], validate=True)
     except (binascii.Error, ValueError):
         return None
     if data.startswith(_SIGNATURES) or data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] == b"DICM":
-        return data
+        return _b64decode(text, max_bytes)
     return None
 
 
-def _b64decode(text: str) -> bytes:
+def _b64decode(text: str, max_bytes: int, what: str = "image data") -> bytes:
+    compact = "".join(text.split())
+    if len(compact) // 4 * 3 > max_bytes:
+        raise ImageError(f"inline image of about {len(compact) // 4 * 3} bytes is over --max-image-bytes {max_bytes}",
+                         "image_too_large")
     try:
-        return base64.b64decode("".join(text.split()), validate=True)
+        return base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ImageError(f"invalid base64 image data: {exc}") from None
+        raise ImageError(f"{what} is not valid base64: {exc}", "bad_base64") from None
 
 
 def _excerpt(value: object, limit: int = 80) -> str:

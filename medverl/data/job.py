@@ -108,11 +108,12 @@ class Job:
         lines: the job writes this JSONL file instead of shards (one line per written record).
         info: more manifest fields (template, ...).
         resumable: the command offers ``--resume`` (said in the error when the directory is in use).
+        appended: more files the job appends lines to (:meth:`append`), cut back like the others on resume.
     """
 
     def __init__(
         self, output: str | Path | None, kind: str, spec: dict, *, resume: bool = False, lines: str | None = None,
-        info: dict | None = None, resumable: bool = True,
+        info: dict | None = None, resumable: bool = True, appended: tuple[str, ...] = (),
     ) -> None:
         self.directory = Path(output) if output is not None else None
         self.kind, self.spec, self.lines_name = kind, spec, lines
@@ -150,7 +151,7 @@ class Job:
                     stray.unlink()
         elif any(self.directory.glob(SHARD_GLOB)):
             raise JobError(f"{self.directory} holds parquet shards but no {MANIFEST}; use an empty directory")
-        for name in filter(None, (REJECTS, lines)):
+        for name in filter(None, (REJECTS, lines, *appended)):
             with (self.directory / name).open("ab") as f:
                 f.truncate(lengths.get(name, 0))
             self._files[name] = (self.directory / name).open("a", encoding="utf-8")
@@ -198,6 +199,11 @@ class Job:
         self.wrote()
         if self.directory is not None:
             self._files[self.lines_name].write(line if line.endswith("\n") else line + "\n")
+
+    def append(self, name: str, line: str) -> None:
+        """Append one line to an `appended` file (part of the output once the window is committed)."""
+        if self.directory is not None:
+            self._files[name].write(line + "\n")
 
     def reject(self, rejected: Rejected) -> None:
         self.rejected += 1

@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import argparse
 import collections
+import ctypes
+import ctypes.util
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
 import multiprocessing
 import os
 import pickle
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -31,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from medverl.arguments import add_plugins, positive_int, print_job
+from medverl.arguments import add_image_arguments, add_plugins, positive_int, print_job
 from medverl.data.converters import CONVERTERS, PrepOptions, Reject
 from medverl.data.images import CHECK_LEVELS
 from medverl.data.job import Job, JobError, Rejected, fingerprint_inputs, windows
@@ -42,6 +48,9 @@ from medverl.prompts import TEMPLATES, load_template, template_record
 logger = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
+_PR_SET_PDEATHSIG = 1
+# One line per written row: its :func:`row_digest`, so that a resumed job still counts duplicates of earlier rows.
+DIGESTS = "digests.txt"
 # Rows are handed to Arrow and written as one row group per this many bytes, so a worker's memory stays bounded.
 ROW_GROUP_BYTES = 8 << 20
 
@@ -77,6 +86,7 @@ class PrepJob:
         """What must not change between a job and its resumption (not the worker count)."""
         options = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self.options).items()}
         options["plugins"] = list(self.options.plugins)
+        options["image_root"] = [str(root) for root in self.options.image_root]
         return {
             "kind": self.kind,
             "inputs": fingerprint_inputs(self.inputs),
@@ -101,14 +111,19 @@ class _Done:
     read: int
     files: list[tuple[str, int]]
     rejects: list[Rejected]
+    digests: list[str] = field(default_factory=list)
 
 
 def _convert(task: tuple[str, Record, int, PrepOptions]) -> dict | Reject:
     kind, record, index, options = task
     if record.error:
-        return Reject("malformed_json", record.error)
+        return Reject(record.code, record.error)
     converter, _ = CONVERTERS[kind]
-    return converter(record.data, index, record.source, options)
+    try:
+        return converter(record.data, index, record.source, options)
+    except Exception as exc:  # a record no check foresaw must cost that record, not the job
+        logger.warning("%s: converter error", record.source, exc_info=True)
+        return Reject("internal_error", f"{type(exc).__name__}: {exc} (a bug: please report it with this record)")
 
 
 def _convert_item(item: dict) -> dict:
@@ -211,13 +226,26 @@ def _finish_window(job: PrepJob, window: _Window, results: Iterable[dict | Rejec
     _, parquet_kind = CONVERTERS[job.kind]
     writer = _ShardWriter(job.output, window.number, schema_for(parquet_kind, job.options.resolution_keys),
                           job.max_shard_bytes)
-    rejects = []
+    rejects, digests = [], []
     for record, result in zip(window.records, results, strict=True):
         if isinstance(result, Reject):
             rejects.append(record.rejected(result.code, result.reason))
         else:
             writer.add(result)
-    return _Done(window.number, len(window.records), writer.close(), rejects)
+            digests.append(row_digest(result))
+    return _Done(window.number, len(window.records), writer.close(), rejects, digests)
+
+
+def row_digest(row: dict) -> str:
+    """What makes two rows the same record: their text (every field but images and the record's own place) and the
+    SHA-256 of each image, as 16 hex digits."""
+    digest = hashlib.sha256()
+    extra = {k: v for k, v in (row.get("extra_info") or {}).items() if k not in ("index", "source")}
+    text = {k: v for k, v in row.items() if k not in ("images", "extra_info")}
+    digest.update(json.dumps([text, extra], sort_keys=True, ensure_ascii=False, default=str).encode())
+    for image in row.get("images", ()):
+        digest.update(hashlib.sha256(image["bytes"]).digest())
+    return digest.hexdigest()[:16]
 
 
 def _process_window(job: PrepJob, window: _Window, tick: Callable[[], None]) -> _Done:
@@ -233,9 +261,30 @@ def _process_window(job: PrepJob, window: _Window, tick: Callable[[], None]) -> 
 _WORKER: tuple[PrepJob, Synchronized] | None = None
 
 
-def _init_worker(job: PrepJob, converted: Synchronized) -> None:
+def _init_worker(job: PrepJob, converted: Synchronized, parent: int) -> None:
     global _WORKER
     _WORKER = (job, converted)
+    die_with_parent(parent)
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process when `parent` ends, however it ends (kill -9 included): the kernel's parent-death signal
+    on Linux, else a thread that watches the parent."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != parent:  # it ended before the signal was armed
+                os._exit(1)
+            return
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _count_in_worker() -> None:
@@ -272,7 +321,7 @@ def run_prep(
         raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
     _, parquet_kind = CONVERTERS[job.kind]
     info = {**(info or {}), **({"template": template_record(job.options.template)} if parquet_kind == "rl" else {})}
-    with Job(job.output, parquet_kind, job.fingerprint(), resume=resume, info=info) as out:
+    with Job(job.output, parquet_kind, job.fingerprint(), resume=resume, info=info, appended=(DIGESTS,)) as out:
         if out.complete:
             logger.info("%s is already complete", job.output)
             return out.manifest()
@@ -282,12 +331,20 @@ def run_prep(
 
 
 def _run(job: PrepJob, out: Job, workers: int, engine: str, progress: bool) -> dict:
+    digests = job.output / DIGESTS
+    seen = set(digests.read_text(encoding="ascii").split()) if digests.exists() else set()
+
     def commit(done: _Done) -> None:
         """Make a finished window part of the output, in input order."""
         for tmp, rows in done.files:
             out.add_shard(job.output / tmp, rows)
         for rejected in done.rejects:
             out.reject(rejected)
+        for digest in done.digests:
+            out.append(DIGESTS, digest)
+            if digest in seen:
+                out.count("duplicates")
+            seen.add(digest)
         out.commit(done.read)
 
     windows_ = _windows(job, out.read)
@@ -304,7 +361,8 @@ def _run(job: PrepJob, out: Job, workers: int, engine: str, progress: bool) -> d
                 commit(_process_window(job, window, lambda: bar.update(1)))
         else:
             converted = multiprocessing.get_context("spawn").Value("q", 0)
-            pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _init_worker, (job, converted))
+            pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _init_worker,
+                                       (job, converted, os.getpid()))
             # At most two windows per worker in flight, so memory does not grow with the input.
             in_flight: collections.deque[Future] = collections.deque()
             reported = 0
@@ -345,7 +403,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help=".jsonl, .json (an array) or .parquet files")
     parser.add_argument("--output", required=True, help="output directory (part-NNNNN.parquet, rejects.jsonl, "
                         "manifest.json)")
-    parser.add_argument("--image-root", help="base directory of relative image paths")
+    add_image_arguments(parser)
     parser.add_argument("--workers", type=positive_int, default=1, help="worker processes")
     parser.add_argument("--rows-per-shard", type=positive_int, default=1000,
                         help="input records per window; each window is written to its own shard(s)")
@@ -373,7 +431,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Run ``medverl prep``."""
     options = PrepOptions(
-        image_root=Path(args.image_root) if args.image_root else None,
+        image_root=tuple(args.image_root),
+        max_image_bytes=args.max_image_bytes,
         max_pixels=args.max_pixels,
         min_pixels=args.min_pixels,
         pixel_limit=args.pixel_limit,

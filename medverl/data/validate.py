@@ -28,6 +28,7 @@ class ValidationReport:
     kind: str
     rows: int = 0
     manifest_written: int | None = None
+    duplicates: int = 0
     kept_by_verl: int | None = None
     processor: str | None = None
     problems: list[str] = field(default_factory=list)
@@ -43,6 +44,7 @@ class ValidationReport:
         lines.append(f"| rows in shards | {self.rows} |")
         if self.manifest_written is not None:
             lines.append(f"| rows the manifest says were written | {self.manifest_written} |")
+            lines.append(f"| duplicate rows (same text and images as an earlier row) | {self.duplicates} |")
         if self.kept_by_verl is not None:
             lines.append(f"| rows verl's dataset keeps | {self.kept_by_verl} |")
         elif self.processor is None:
@@ -71,6 +73,7 @@ def _texts_of(kind: str, row: dict) -> list[str]:
 def _check_rows(prepared: Prepared, report: ValidationReport) -> None:
     kind = prepared.kind
     report.manifest_written = prepared.manifest["written"]
+    report.duplicates = int((prepared.manifest.get("counts") or {}).get("duplicates", 0))
     if not prepared.complete:
         report.problems.append("the job that wrote it did not complete; rerun it with --resume")
     for shard, batch in prepared.batches(batch_size=64):

@@ -11,7 +11,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from medverl.arguments import print_job
+from medverl.arguments import print_job, unit_float
 from medverl.data.job import Job, Rejected, excerpt
 from medverl.data.prepared import open_prepared
 from medverl.errors import ConfigError
@@ -29,10 +29,10 @@ def parse_thresholds(specs: list[str]) -> dict[str, float]:
         try:
             if not sep or name not in THRESHOLD_NAMES:
                 raise ValueError
-            thresholds[name] = float(value)
-        except ValueError:
-            raise ConfigError(f"--min takes DIMENSION=VALUE with one of {', '.join(THRESHOLD_NAMES)}; got {spec!r}"
-                              ) from None
+            thresholds[name] = unit_float(value)
+        except (ValueError, argparse.ArgumentTypeError):
+            raise ConfigError(f"--min takes DIMENSION=VALUE with one of {', '.join(THRESHOLD_NAMES)} and a VALUE in "
+                              f"[0, 1]; got {spec!r}") from None
     return thresholds
 
 
@@ -93,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min", action="append", default=[], metavar="DIMENSION=VALUE",
                         help=f"drop records scoring under VALUE on DIMENSION, one of {', '.join(THRESHOLD_NAMES)} "
                         "(repeatable)")
-    parser.add_argument("--subset-min", type=float, help="drop every subset whose mean score is lower")
+    parser.add_argument("--subset-min", type=unit_float, help="drop every subset whose mean score is lower")
     parser.add_argument("--subset-key", help="group subsets by this record field (default: the scoring job's)")
 
 

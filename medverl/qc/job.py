@@ -19,7 +19,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medverl.arguments import EXIT_NOTHING_USABLE, EXIT_OK, add_plugins, positive_int, print_job
+from medverl.arguments import (
+    EXIT_NOTHING_USABLE, EXIT_OK, add_image_arguments, add_plugins, non_negative_int, positive_float, positive_int,
+    print_job,
+)
+from medverl.data.files import DEFAULT_MAX_IMAGE_BYTES
 from medverl.data.converters import CONVERTERS, PrepOptions, Reject, read_content
 from medverl.data.job import Job, Rejected, fingerprint_inputs, windows
 from medverl.data.records import Record, count_records, iter_records
@@ -41,21 +45,23 @@ class QCJob:
     inputs: tuple[str, ...]
     output: Path
     scorer: str = "rules"
-    image_root: str | None = None
+    image_root: tuple[str, ...] = ()
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     subset_key: str = "data_source"
     judge: JudgeConfig | None = None
     plugins: tuple[str, ...] = ()
 
     def fingerprint(self) -> dict:
         return {"inputs": fingerprint_inputs(self.inputs), "input_kind": self.kind, "scorer": self.scorer,
-                "image_root": self.image_root, "subset_key": self.subset_key, "plugins": list(self.plugins),
+                "image_root": list(self.image_root), "subset_key": self.subset_key, "plugins": list(self.plugins),
                 "rubric_version": self.judge.rubric_version if self.judge else None,
                 "judge_model": self.judge.model if self.judge else None}
 
     @property
     def prep_options(self) -> PrepOptions:
         """The options records are read with: those of ``medverl prep`` by default."""
-        return PrepOptions(image_root=Path(self.image_root) if self.image_root else None, plugins=self.plugins)
+        return PrepOptions(image_root=tuple(map(Path, self.image_root)), max_image_bytes=self.max_image_bytes,
+                           plugins=self.plugins)
 
 
 def _row(job: QCJob, record: Record, text: str, thumbs: list[bytes], hashes: list[str], checked, verdict,
@@ -97,13 +103,19 @@ def _score(job: QCJob, out: Job, progress: bool) -> dict:
                 "image_hashes").to_pylist():
             seen.update(hashes)
     judge = Judge(job.judge, VerdictCache(out.directory / "judge_cache.sqlite")) if job.scorer == "judge" else None
+    if judge is not None:
+        try:
+            judge.preflight()
+        except ConfigError:
+            judge.close()
+            raise
     pool = ThreadPoolExecutor(job.judge.concurrency if judge else os.cpu_count() or 1)
     bar = out.progress(f"qc {job.scorer}", count_records(job.inputs), progress)
     options, image_root = job.prep_options, job.prep_options.image_root
 
     def readable(record: Record) -> tuple | None:
         if record.error:
-            content = record.rejected("malformed_json", record.error)
+            content = record.rejected(record.code, record.error)
         else:
             content = read_content(job.kind, record.data, record.position, record.source, options)
         if isinstance(content, Reject):
@@ -116,7 +128,7 @@ def _score(job: QCJob, out: Job, progress: bool) -> dict:
     def examine(item: tuple) -> tuple:
         """Image checks (and the judge's verdict): the slow part, run in threads (PIL and HTTP release the GIL)."""
         record, text, references = item
-        facts = [image_checks(reference, image_root) for reference in references]
+        facts = [image_checks(reference, image_root, options.max_image_bytes) for reference in references]
         outcome = judge.score(text, [f.data for f in facts if f.data]) if judge is not None else None
         return record, text, facts, outcome
 
@@ -156,13 +168,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "rejects.jsonl, manifest.json)")
     parser.add_argument("--scorer", choices=SCORERS, default=SCORERS[0],
                         help="rules: named CPU checks; judge: a VLM behind an OpenAI-compatible endpoint")
-    parser.add_argument("--image-root", help="base directory of relative image paths")
+    add_image_arguments(parser)
     parser.add_argument("--subset-key", default=QCJob.subset_key, help="record field that names its subset")
     parser.add_argument("--judge-url", help="OpenAI-compatible base URL, e.g. http://host:8000/v1")
     parser.add_argument("--judge-model", help="the served model's name")
     parser.add_argument("--concurrency", type=positive_int, default=defaults.concurrency, help="judge calls at a time")
-    parser.add_argument("--timeout", type=float, default=defaults.timeout_s, help="seconds per judge call")
-    parser.add_argument("--retries", type=int, default=defaults.retries, help="judge retries per record, with backoff")
+    parser.add_argument("--timeout", type=positive_float, default=defaults.timeout_s,
+                        help="seconds per judge call in all (connecting, sending, the whole reply)")
+    parser.add_argument("--retries", type=non_negative_int, default=defaults.retries,
+                        help="judge retries per record, with backoff")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted job in the same directory")
     add_plugins(parser)
 
@@ -177,8 +191,8 @@ def run_command(args: argparse.Namespace) -> int:
                             concurrency=args.concurrency, timeout_s=args.timeout, retries=args.retries)
     for path in args.inputs:
         iter_records(path)  # a missing or unknown input is a usage error before anything runs
-    job = QCJob(args.kind, tuple(args.inputs), Path(args.output), args.scorer, args.image_root, args.subset_key, judge,
-                tuple(args.plugins))
+    job = QCJob(args.kind, tuple(args.inputs), Path(args.output), args.scorer, tuple(args.image_root),
+                args.max_image_bytes, args.subset_key, judge, tuple(args.plugins))
     manifest = run_qc(job, resume=args.resume)
     print_job(manifest, args.output)
     if not manifest["counts"].get("scored"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from medverl.data.images import data_uri
+from medverl.errors import ConfigError
 from medverl.qc.rules import DIMENSIONS
 
 logger = logging.getLogger(__name__)
@@ -36,8 +38,33 @@ class JudgeReplyError(ValueError):
     """A reply that is not the JSON object the rubric asks for."""
 
 
-def parse_verdict(content: str) -> dict:
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# A verdict is a few hundred bytes; a reply this large is not one (and is not read further).
+DEFAULT_MAX_REPLY_BYTES = 1 << 20
+
+
+def reply_content(payload: bytes) -> object:
+    """The first choice's message content of a chat completion reply; raises :class:`JudgeReplyError` for any other
+    shape."""
+    try:
+        reply = json.loads(payload)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, too deep
+        raise JudgeReplyError(f"the reply is not JSON: {str(exc)[:100] or type(exc).__name__}") from None
+    choices = reply.get("choices") if isinstance(reply, dict) else None
+    if not isinstance(choices, list) or not choices:
+        raise JudgeReplyError("the reply has no choices (not a chat completion)")
+    message = choices[0].get("message") if isinstance(choices[0], dict) else None
+    if not isinstance(message, dict):
+        raise JudgeReplyError("the reply's first choice has no message")
+    if message.get("content") is None:
+        raise JudgeReplyError("the reply's message content is null")
+    return message["content"]
+
+
+def parse_verdict(content: object) -> dict:
     """The judge's reply as ``{dimension: 1-5, ..., "rationale": str}``; raises :class:`JudgeReplyError`."""
+    if not isinstance(content, str):
+        raise JudgeReplyError(f"the message content is {type(content).__name__}, not text")
     text = content.strip()
     if text.startswith("```"):
         text = text.strip("`").removeprefix("json").strip()
@@ -45,6 +72,9 @@ def parse_verdict(content: str) -> dict:
         verdict = json.loads(text)
     except json.JSONDecodeError as exc:
         raise JudgeReplyError(f"not JSON: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:
+        raise JudgeReplyError(f"not usable JSON: {'nested too deeply' if isinstance(exc, RecursionError) else exc}"
+                              ) from None
     if not isinstance(verdict, dict):
         raise JudgeReplyError("not a JSON object")
     for dimension in DIMENSIONS:
@@ -53,6 +83,8 @@ def parse_verdict(content: str) -> dict:
             raise JudgeReplyError(f"{dimension} must be an integer 1-5, got {value!r}")
     if not isinstance(verdict.get("rationale"), str):
         raise JudgeReplyError("rationale must be a string")
+    if _SURROGATE.search(verdict["rationale"]):
+        raise JudgeReplyError("rationale holds a lone surrogate (invalid Unicode)")
     return {**{d: verdict[d] for d in DIMENSIONS}, "rationale": verdict["rationale"]}
 
 
@@ -68,6 +100,12 @@ class JudgeConfig:
     retries: int = 3
     backoff_s: float = 1.0
     rubric_version: str = RUBRIC_VERSION
+    max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
+
+    def __post_init__(self) -> None:
+        if not (self.timeout_s > 0 and self.timeout_s < float("inf")) or self.retries < 0 or self.concurrency < 1:
+            raise ValueError(f"judge timeout must be a positive number of seconds, retries 0 or more and concurrency "
+                             f"1 or more; got {self.timeout_s}, {self.retries}, {self.concurrency}")
 
 
 class VerdictCache:
@@ -79,9 +117,15 @@ class VerdictCache:
         self._lock = threading.Lock()
 
     def get(self, key: str) -> dict | None:
+        """The cached verdict, or None (also for an entry that is not a valid verdict: it is asked again)."""
         with self._lock:
             row = self._db.execute("SELECT verdict FROM verdicts WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        if row is None:
+            return None
+        try:
+            return parse_verdict(row[0])
+        except JudgeReplyError:
+            return None
 
     def put(self, key: str, verdict: dict) -> None:
         with self._lock:
@@ -129,19 +173,66 @@ class Judge:
                 time.sleep(self.config.backoff_s * 2 ** (attempt - 1))
             try:
                 with self._slots:
-                    reply = self._client.post("/chat/completions", json=body)
-                if reply.status_code == 429 or reply.status_code >= 500:
-                    error = f"HTTP {reply.status_code}"
+                    status, payload = self._post(body)
+                if status == 429 or status >= 500:
+                    error = f"HTTP {status}"
                     continue
-                reply.raise_for_status()
-                verdict = parse_verdict(reply.json()["choices"][0]["message"]["content"])
-            except (httpx.HTTPError, JudgeReplyError, KeyError, IndexError, TypeError, ValueError) as exc:
+                if status != 200:
+                    error = f"HTTP {status}: {payload[:200].decode('utf-8', 'replace')}"
+                    continue
+                verdict = parse_verdict(reply_content(payload))
+            except (httpx.HTTPError, JudgeReplyError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 continue
             self.cache.put(key, verdict)
             return JudgeOutcome(verdict)
         logger.warning("judge failed after %d attempts: %s", self.config.retries + 1, error)
         return JudgeOutcome(None, error=error)
+
+    def _post(self, body: dict, path: str = "/chat/completions", method: str = "POST") -> tuple[int, bytes]:
+        """One request within the call's total deadline (`timeout_s` from the start, however slowly the reply
+        comes) and its reply of at most `max_reply_bytes`; raises :class:`JudgeReplyError` past either."""
+        deadline = time.monotonic() + self.config.timeout_s
+        cap = self.config.max_reply_bytes
+        kwargs = {"json": body} if method == "POST" else {}
+        with self._client.stream(method, path, timeout=self.config.timeout_s, **kwargs) as reply:
+            length = reply.headers.get("content-length", "")
+            if length.isdigit() and int(length) > cap:
+                raise JudgeReplyError(f"the reply of {length} bytes is over the cap of {cap}")
+            chunks, size = [], 0
+            for chunk in reply.iter_bytes():  # decoded: a compressed bomb is capped as it inflates
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > cap:
+                    raise JudgeReplyError(f"the reply is over the cap of {cap} bytes")
+                if time.monotonic() > deadline:
+                    raise JudgeReplyError(f"the reply took longer than the call's {self.config.timeout_s:g} s")
+            return reply.status_code, b"".join(chunks)
+
+    def preflight(self) -> None:
+        """Fail fast before a job: the endpoint answers, speaks the OpenAI API and serves the model; raises
+        :class:`~medverl.errors.ConfigError` (exit status 2) saying which."""
+        where = f"judge endpoint {self.config.base_url}"
+        try:
+            status, payload = self._post({}, "/models", "GET")
+            if status == 200:
+                listing = json.loads(payload)
+                served = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)]
+                if served and self.config.model not in served:
+                    raise ConfigError(f"{where} does not serve --judge-model {self.config.model!r}; it serves "
+                                      f"{', '.join(map(str, served[:20]))}")
+                return
+            # not every server lists its models: one minimal completion tells as much
+            probe = {"model": self.config.model, "max_tokens": 1, "temperature": 0,
+                     "messages": [{"role": "user", "content": [{"type": "text", "text": "ping"}]}]}
+            status, payload = self._post(probe)
+            if status != 200:
+                raise ConfigError(f"{where} answered HTTP {status} to a chat completion: "
+                                  f"{payload[:200].decode('utf-8', 'replace')} (is the URL the /v1 base and the "
+                                  "model name right?)")
+            reply_content(payload)
+        except (httpx.HTTPError, JudgeReplyError, ValueError, RecursionError, AttributeError) as exc:
+            raise ConfigError(f"{where} is unreachable or not OpenAI-compatible: {type(exc).__name__}: {exc}") from None
 
     def close(self) -> None:
         self._client.close()

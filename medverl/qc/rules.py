@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from medverl.data.files import DEFAULT_MAX_IMAGE_BYTES
 from medverl.data.images import ImageError, load_image
 from medverl.data.schemas import QC_DIMENSIONS
 
@@ -106,10 +107,12 @@ class ImageFacts:
     digest: str = ""
 
 
-def image_checks(reference: object, image_root) -> ImageFacts:
-    """The image checks one image reference fails (all but ``image_duplicate``: see :func:`mark_duplicates`)."""
+def image_checks(reference: object, image_root, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> ImageFacts:
+    """The image checks one image reference fails (all but ``image_duplicate``: see :func:`mark_duplicates`).
+
+    `image_root` confines image paths as in ``medverl prep`` (see :mod:`medverl.data.files`)."""
     try:
-        loaded = load_image(reference, image_root)
+        loaded = load_image(reference, image_root, max_image_bytes=max_image_bytes)
     except ImageError:
         return ImageFacts(["image_unreadable"], None, b"")
     failed = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from medverl.rewards.registry import InvalidReference, Verdict, register
@@ -47,6 +47,8 @@ def parse_options(options: object) -> tuple[str, ...]:
         return ()
     if isinstance(options, str):
         return _parse_options_json(options)
+    if isinstance(options, Mapping) or not isinstance(options, Iterable):
+        raise InvalidReference(f"options must be a list of option texts, got {type(options).__name__}")
     return tuple(map(str, options))
 
 

@@ -185,6 +185,9 @@ def check_reference(
     """
     if options.plugins:
         registry.REGISTRY.load_plugins(options.plugins)
+    if extra_info is not None and not isinstance(extra_info, Mapping):
+        raise InvalidReference(f"extra_info must be a mapping (a dict of query_type, options, ...), got "
+                               f"{type(extra_info).__name__}")
     spec = resolve_query_type(extra_info, options)
     golds = parse_ground_truth(ground_truth)
     if spec.extra_info_keys:
