@@ -13,7 +13,7 @@ from medverl.cli import main
 from medverl.data.validate import validate
 from medverl.eval.decontaminate import decontaminate
 from medverl.eval.run import chat_messages
-from medverl.eval.samples import PREPARED, image_bytes, write_samples
+from medverl.eval.samples import LAYOUTS, PREPARED, image_bytes, write_samples
 from medverl.eval.score import load_rows, score_predictions
 
 
@@ -114,7 +114,7 @@ def test_shipped_samples_are_the_generated_ones(tmp_path: Path) -> None:
     write_samples(fresh)
     names = sorted(str(p.relative_to(fresh)) for p in fresh.rglob("*") if p.is_file())
     assert names == sorted(str(p.relative_to(shipped)) for p in shipped.rglob("*") if p.is_file()
-                           and p.parent != shipped)
+                           and p.name != "README.md")
     for name in names:
         if name.endswith(".parquet"):  # the writer's version is in the file's metadata: compare the tables
             assert pq.read_table(fresh / name).equals(pq.read_table(shipped / name)), name
@@ -162,7 +162,12 @@ def test_scores_tables_and_chart(prepared: dict[str, Path], tmp_path: Path) -> N
     assert metrics["base"]["pmc_vqa"]["parse_failures"] == 1 and metrics["base"]["path_vqa"]["missing"] == 3
     table = (out / "table.csv").read_text().splitlines()
     assert table[0] == "Model,MMMU-H&M,VQA-RAD,SLAKE,PathVQA,PMC-VQA,OmniMedVQA,MedXpertQA,Avg."
-    assert table[1] == "medverl,100.0,100.0,100.0,100.0,100.0,100.0,100.0,100.0"
+    assert table[1:3] == ["Qwen3-VL-4B (published),50.7,59.2,71.9,42.3,50.7,78.0,22.8,53.7",
+                          "InfiMed2-4B (published),52.3,62.1,82.8,62.1,59.4,83.0,23.1,60.7"]
+    assert table[3] == "medverl,100.0,100.0,100.0,100.0,100.0,100.0,100.0,100.0"
+    assert table[6] == "medverl − InfiMed2-4B (published),+47.7,+37.9,+17.2,+37.9,+40.6,+17.0,+76.9,+39.3"
+    assert len(table) == 1 + 2 + 2 + 4  # published, runs, each run against each published row
+    assert "| InfiMed2-4B (published) | 52.3 | 62.1 |" in (out / "table.md").read_text()
     report = (out / "report.md").read_text()
     assert "| Model | MMMU-H&M | VQA-RAD |" in report and "by language:" in report and "| slake | zh | 2 | 1.000 |" in report
     chart = Image.open(out / "table.png")
@@ -242,3 +247,25 @@ def test_generation_messages_put_each_image_where_its_placeholder_was(prepared: 
     kinds = [p["type"] for p in parts]
     assert kinds[0] == "image_url" and kinds.count("image_url") == len(row["images"]) == 1
     assert parts[0]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_the_shipped_samples_run_end_to_end(tmp_path: Path) -> None:
+    shipped = Path(__file__).resolve().parents[1] / "examples" / "eval"
+    dirs = []
+    for benchmark, folder in LAYOUTS.items():
+        dirs.append(str(tmp_path / benchmark))
+        assert main(["eval", "prepare", benchmark, "--source", str(shipped / folder), "--output", dirs[-1]]) == 0
+        manifest = json.loads((tmp_path / benchmark / "manifest.json").read_text())
+        assert (manifest["written"], manifest["rejected"]) == PREPARED[benchmark]
+    predictions = f"sample={shipped / 'predictions.jsonl'}"
+    assert main(["eval", "score", "--data", *dirs, "--run", predictions, "--output", str(tmp_path / "r")]) == 0
+    assert main(["eval", "score", "--data", *dirs, "--run", predictions, "--output", str(tmp_path / "c"),
+                 "--compat", "medevalkit"]) == 0
+    ours = json.loads((tmp_path / "r" / "metrics.json").read_text())["sample"]
+    compat = json.loads((tmp_path / "c" / "metrics.json").read_text())["sample"]
+    assert sum(m["n"] for m in ours.values()) == sum(w for w, _ in PREPARED.values()) == 21
+    assert ours["path_vqa"]["parse_failures"] == 1 and ours["mmmu_hm"]["acc"] == 0.75
+    assert compat["mmmu_hm"]["open_acc"] == 0.0  # MedEvalKit's MMMU open rule never scores
+    assert compat["slake"]["acc"] == 1.0  # capitalised "No" and 否 by exact match, both languages
+    # "right lower lobe" for "right upper lobe": partial credit by tokens, none by MedEvalKit's exact match
+    assert ours["vqa_rad"]["open_acc"] == 0.5 and compat["vqa_rad"]["open_acc"] == 0.0

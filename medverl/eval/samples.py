@@ -172,13 +172,42 @@ def _medxpertqa(root: Path) -> None:
     _file(root / "MM" / "test.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
+# one model's answers to every sample question, in the training format: a few right, a few wrong, some unreadable
+PREDICTIONS = [
+    ("vqa_rad", 0, "<think>No fluid at the bases.</think><answer>no</answer>"),
+    ("vqa_rad", 1, "<think>The cardiac silhouette is wide.</think><answer>yes</answer>"),
+    ("vqa_rad", 2, "<think>Opacity in the right lung.</think><answer>right lower lobe</answer>"),
+    ("path_vqa", 0, "<think>Cell debris.</think><answer>yes</answer>"),
+    ("path_vqa", 1, "<think>Epithelioid histiocytes.</think><answer>granuloma</answer>"),
+    ("path_vqa", 2, "The epithelium looks intact."),
+    ("slake", 0, "<think>There is an opacity.</think><answer>No</answer>"),
+    ("slake", 1, "<think>有阴影。</think><answer>否</answer>"),
+    ("slake", 2, "<think>The lesion is on the image's right.</think><answer>Left</answer>"),
+    ("slake", 3, "<think>Consolidation.</think><answer>pneumonia</answer>"),
+    ("slake", 4, "<think>肺部有病变。</think><answer>肺</answer>"),
+    ("pmc_vqa", 0, "<think>The LAD is cut off.</think><answer>B</answer>"),
+    ("pmc_vqa", 1, "<think>Cross-sectional, contrast.</think><answer>CT</answer>"),
+    ("omnimedvqa", 0, "<think>A projection radiograph.</think><answer>B</answer>"),
+    ("omnimedvqa", 1, "<think>Asymmetric pigment network.</think><answer>A</answer>"),
+    ("mmmu_hm", 0, "<think>Ring forms in red cells.</think><answer>A</answer>"),
+    ("mmmu_hm", 1, "<think>Bull's-eye cells.</think><answer>C</answer>"),
+    ("mmmu_hm", 2, "<think>Counting.</think><answer>12</answer>"),
+    ("mmmu_hm", 3, "I am not sure."),
+    ("medxpertqa_mm", 0, "<think>A spiculated nodule needs tissue.</think><answer>C</answer>"),
+    ("medxpertqa_mm", 1, "<think>Fluid in the suprapatellar recess.</think><answer>D</answer>"),
+]
+
 _WRITERS = {"vqa_rad": _vqa_rad, "path_vqa": _path_vqa, "slake": _slake, "pmc_vqa": _pmc_vqa,
             "omnimedvqa": _omnimedvqa, "mmmu_hm": _mmmu, "medxpertqa_mm": _medxpertqa}
 
 
 def write_samples(root: str | Path) -> dict[str, Path]:
-    """Write every benchmark's sample under `root`; returns benchmark -> its directory (the ``--source``)."""
+    """Write every benchmark's sample under `root`, and ``predictions.jsonl`` (``eval score``'s input) for them;
+    returns benchmark -> its directory (the ``--source``)."""
     root = Path(root)
+    _file(root / "predictions.jsonl", "".join(
+        json.dumps({"data_source": b, "index": i, "response": r}, ensure_ascii=False) + "\n"
+        for b, i, r in PREDICTIONS))
     sources = {}
     for benchmark, write in _WRITERS.items():
         sources[benchmark] = root / LAYOUTS[benchmark]

@@ -28,7 +28,7 @@ from medverl.data.prepared import open_prepared
 from medverl.data.records import iter_jsonl, json_object
 from medverl.errors import ConfigError
 from medverl.eval import medevalkit
-from medverl.eval.benchmarks import BENCHMARKS
+from medverl.eval.benchmarks import BENCHMARKS, PUBLISHED
 from medverl.rewards import (
     InvalidReference,
     RewardOptions,
@@ -344,17 +344,34 @@ def group_metrics(scores: list[SampleScore], key: str) -> dict[tuple[str, str], 
     return {k: {"n": len(v), "acc": sum(v) / len(v)} for k, v in sorted(groups.items())}
 
 
-def seed_table(per_model: dict[str, dict[str, dict]]) -> tuple[list[str], list[list[str]]]:
-    """The seed's layout: one row per model, the benchmarks in the seed's order, then the average (accuracy %)."""
+PUBLISHED_SUFFIX = " (published)"
+
+
+def _row(name: str, values: list[float | None], sign: bool = False) -> list[str]:
+    known = [v for v in values if v is not None]
+    average = sum(known) / len(known) if known and len(known) == len(values) else None
+    cell = "{:+.1f}" if sign else "{:.1f}"
+    return [name, *(cell.format(v) if v is not None else "-" for v in [*values, average])]
+
+
+def seed_table(
+    per_model: dict[str, dict[str, dict]], published: Mapping[str, Mapping[str, float]] = PUBLISHED,
+) -> tuple[list[str], list[list[str]]]:
+    """The seed's layout: one row per model, the benchmarks in the seed's order, then the average (accuracy %).
+
+    The published rows (labelled "(published)") come first, for the benchmarks that were scored; then each run;
+    then, per run and published row, the difference in points (run minus published).
+    """
     present = [b for b in BENCHMARKS if any(b in m for m in per_model.values())]
     header = ["Model", *(BENCHMARKS[b] for b in present), "Avg."]
-    rows = []
-    for model, metrics in per_model.items():
-        values = [100 * metrics[b]["acc"] if b in metrics else None for b in present]
-        known = [v for v in values if v is not None]
-        average = sum(known) / len(known) if len(known) == len(values) and known else None
-        rows.append([model, *(f"{v:.1f}" if v is not None else "-" for v in values),
-                     f"{average:.1f}" if average is not None else "-"])
+    reference = {name + PUBLISHED_SUFFIX: [values.get(b) for b in present] for name, values in published.items()}
+    runs = {model: [100 * metrics[b]["acc"] if b in metrics else None for b in present]
+            for model, metrics in per_model.items()}
+    rows = [_row(name, values) for name, values in {**reference, **runs}.items()]
+    for model, values in runs.items():
+        for name, ref in reference.items():
+            rows.append(_row(f"{model} − {name}", [None if v is None or r is None else v - r
+                                                   for v, r in zip(values, ref, strict=True)], sign=True))
     return header, rows
 
 
@@ -370,18 +387,21 @@ def csv_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def bar_chart(header: list[str], rows: list[list[str]], path: Path) -> None:
-    """Grouped bars: accuracy per benchmark (and the average) for each model, as a PNG."""
+    """Grouped bars: accuracy per benchmark (and the average) for each model, as a PNG; published rows hatched."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     columns = header[1:]
+    rows = [r for r in rows if " − " not in r[0]]  # the differences are read in the tables
     width = 0.8 / max(len(rows), 1)
     figure, axes = plt.subplots(figsize=(max(6, 1.3 * len(columns)), 4), dpi=120)
     for i, row in enumerate(rows):
         values = [float(v) if v != "-" else 0.0 for v in row[1:]]
-        axes.bar([c + i * width for c in range(len(columns))], values, width, label=row[0])
+        published = row[0].endswith(PUBLISHED_SUFFIX)
+        axes.bar([c + i * width for c in range(len(columns))], values, width, label=row[0],
+                 hatch="//" if published else None, alpha=0.6 if published else 1.0)
     axes.set_xticks([c + width * (len(rows) - 1) / 2 for c in range(len(columns))], columns, rotation=20)
     axes.set_ylabel("accuracy (%)")
     axes.set_ylim(0, 100)
@@ -418,6 +438,9 @@ def write_report(runs: dict[str, list[SampleScore]], output: str | Path) -> dict
         lines.append("")
     (output / REPORT).write_text("\n".join(lines), encoding="utf-8")
     (output / "table.csv").write_text(csv_table(header, rows), encoding="utf-8")
+    (output / "table.md").write_text(
+        "Accuracy (%). Rows marked (published) are the seed's table, measured with MedEvalKit; a row \"A − B\" is "
+        "run A minus B in points.\n\n" + markdown_table(header, rows), encoding="utf-8")
     (output / "metrics.json").write_text(json.dumps(per_model, indent=2), encoding="utf-8")
     bar_chart(header, rows, output / "table.png")
     return per_model
@@ -455,7 +478,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", nargs="+", required=True, help="prepared benchmark directories (eval prepare)")
     parser.add_argument("--run", action="append", required=True, type=_run_spec, metavar="NAME=PREDICTIONS.jsonl",
                         help="a model's predictions ({data_source, index, response} per line); repeat per model")
-    parser.add_argument("--output", required=True, help="directory for report.md, table.csv, table.png, "
+    parser.add_argument("--output", required=True, help="directory for report.md, table.md, table.csv, table.png, "
                         "samples.jsonl, metrics.json, rejects.jsonl and manifest.json")
     parser.add_argument("--compat", choices=COMPAT_MODES, help="the common harness's rules, for comparison")
 
