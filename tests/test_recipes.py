@@ -70,7 +70,10 @@ def _check_sft(cfg: DictConfig, pipeline: Pipeline, model: str) -> None:
 
     for section in SFT_SECTIONS:
         omega_conf_to_dataclass(cfg[section])
-    assert cfg.data.pad_mode == "no_padding" and cfg.model.use_remove_padding and cfg.data.use_dynamic_bsz
+    assert cfg.data.pad_mode == "no_padding" and cfg.data.use_dynamic_bsz
+    # sequence packing on GPUs; on CPU the flash-attn varlen kernels are not there (medverl.cpu)
+    assert cfg.model.use_remove_padding == (pipeline.device == "cuda")
+    assert cfg.engine.strategy == ("fsdp" if pipeline.device == "cuda" else "fsdp2")
     assert "hf_model" in cfg.checkpoint.save_contents  # the next stage loads it
     assert cfg.data.train_batch_size % (pipeline.nnodes * pipeline.gpus_per_node) == 0
     dataset = create_sft_dataset(cfg.data.train_files, cfg.data, hf_tokenizer(model), hf_processor(model))
@@ -82,7 +85,8 @@ def _check_grpo(cfg: DictConfig, pipeline: Pipeline) -> None:
     from verl.utils.config import validate_config
 
     validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
-    assert cfg.algorithm.adv_estimator == "grpo" and cfg.actor_rollout_ref.rollout.name == "vllm"
+    rollout = {"cuda": "vllm", "cpu": "hf"}[pipeline.device]
+    assert cfg.algorithm.adv_estimator == "grpo" and cfg.actor_rollout_ref.rollout.name == rollout
     assert cfg.reward.custom_reward_function.path == "pkg://medverl.rewards"
     assert cfg.data.image_patch_size == pipeline.image_patch_size
     assert "hf_model" in cfg.actor_rollout_ref.actor.checkpoint.save_contents
