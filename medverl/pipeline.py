@@ -151,8 +151,6 @@ class Pipeline:
             f"trainer.experiment_name={stage.name}",
             f"trainer.nnodes={self.nnodes}",
             f"trainer.n_gpus_per_node={self.gpus_per_node}",
-            # Hydra's run directory beside the stage's checkpoints, not in the working directory
-            f"hydra.run.dir={self.output / stage.name / 'hydra'}",
         ]
         if trainer == "ppo":
             if not stage.val:
