@@ -56,7 +56,7 @@ def _sft(recipe: str, model: Path, train: str, out: Path, steps: int, packing: b
         "data.train_batch_size=2", "data.micro_batch_size_per_gpu=1", "data.max_length=2048",
         f"data.use_dynamic_bsz={packing}", f"model.use_remove_padding={packing}",
         f"trainer.total_training_steps={steps}", EPOCHS, "trainer.save_freq=-1", f"trainer.default_local_dir={out}",
-        "trainer.logger=[console]", "engine.use_torch_compile=false", f"hydra.run.dir={out}/hydra",
+        "trainer.logger=[console]", "engine.use_torch_compile=false",
     ]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
@@ -103,7 +103,7 @@ def test_grpo_steps_with_vllm_rollouts(tiny_model: Path, data: Path, tmp_path: P
         "actor_rollout_ref.rollout.gpu_memory_utilization=0.3", "trainer.n_gpus_per_node=1",
         "trainer.total_training_steps=2", EPOCHS, "trainer.val_before_train=false", "trainer.test_freq=-1",
         "trainer.save_freq=2", f"trainer.default_local_dir={tmp_path}", "reward.num_workers=1",
-        "trainer.logger=[console]", f"hydra.run.dir={tmp_path}/hydra",
+        "trainer.logger=[console]",
     ]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
