@@ -15,6 +15,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import random
 import sys
 from collections import defaultdict
@@ -22,13 +23,23 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from medverl.arguments import EXIT_NOTHING_USABLE, EXIT_OK, add_reward_options, reward_options
+from medverl.arguments import (
+    EXIT_NOTHING_USABLE,
+    EXIT_OK,
+    add_reward_options,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    reward_options,
+)
 from medverl.data.job import Job, Rejected, excerpt, fingerprint_inputs
 from medverl.data.prepared import open_prepared
 from medverl.data.records import iter_jsonl, json_object
 from medverl.errors import ConfigError
 from medverl.eval import medevalkit
 from medverl.eval.benchmarks import BENCHMARKS, PUBLISHED
+from medverl.eval.judge import AnswerJudge, judge_open_answers, judged_counts
+from medverl.qc.judge import JudgeConfig
 from medverl.rewards import (
     InvalidReference,
     RewardOptions,
@@ -41,7 +52,7 @@ from medverl.rewards.scoring import parse_ground_truth
 
 SCORE_FIELDS = ("solution_str", "ground_truth")
 PREDICTION_FIELDS = ("data_source", "index", "response")
-SAMPLES, REPORT = "samples.jsonl", "report.md"
+SAMPLES, REPORT, JUDGE_CACHE = "samples.jsonl", "report.md", "judge_cache.sqlite"
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,7 @@ class SampleScore:
     f1: float | None = None
     meta: dict = field(default_factory=dict)
     id: object = None
+    judge: str | None = None  # with an LLM judge: "correct", "wrong" or "failed" (the call failed: not a verdict)
 
 
 def _token_recall_f1(pred: str, golds: tuple[str, ...]) -> tuple[float, float]:
@@ -331,6 +343,7 @@ def benchmark_metrics(scores: list[SampleScore]) -> dict[str, dict]:
             "open_recall": _mean([s.recall for s in opened]), "open_f1": _mean([s.f1 for s in opened]),
             "parse_failures": sum(1 for s in items if not s.parsed and s.reason != "no prediction"),
             "missing": sum(1 for s in items if s.reason == "no prediction"),
+            **judged_counts(items),
         }
     return metrics
 
@@ -430,6 +443,12 @@ def write_report(runs: dict[str, list[SampleScore]], output: str | Path) -> dict
                      m["open_f1"], m["parse_failures"], m["missing"]]
             lines.append(f"| {source} | " + " | ".join(
                 "-" if c is None else f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells) + " |")
+        judged = {source: m for source, m in metrics.items() if m["judged"] or m["judge_failures"]}
+        if judged:
+            lines += ["", "LLM judge on the open answers (a failed call scores 0 and is counted here, apart from "
+                      "wrong answers; a run given this run's --judge-cache asks only for these):", "",
+                      "| benchmark | judged | judge failures |", "|---|---:|---:|"]
+            lines += [f"| {b} | {m['judged']} | {m['judge_failures']} |" for b, m in judged.items()]
         for key in ("language", "question_type", "modality"):
             groups = group_metrics(runs[model], key)
             if groups:
@@ -448,22 +467,42 @@ def write_report(runs: dict[str, list[SampleScore]], output: str | Path) -> dict
 
 def score_runs(
     data_dirs: list[str | Path], runs: Mapping[str, str | Path], output: str | Path, compat: str | None = None,
+    judge: JudgeConfig | None = None, judge_cache: str | Path | None = None,
 ) -> dict:
     """Score each run's predictions against the prepared benchmarks and write the report into `output`.
+
+    With `judge`, an LLM behind that endpoint decides every open answer (:mod:`medverl.eval.judge`); its verdicts
+    are cached in `judge_cache` (default ``OUTPUT/judge_cache.sqlite``): a run given the same cache asks only what
+    is not decided yet.
 
     Returns:
         The job's manifest: ``read`` prediction lines, ``written`` those scored, the others rejected.
     """
     rows = load_rows(data_dirs)
     spec = {"data": [str(d) for d in data_dirs], "runs": {name: fingerprint_inputs([path])[0] for name, path in
-                                                         runs.items()}, "compat": compat}
-    with Job(output, "eval_scores", spec, resumable=False) as job:
-        scored = {}
-        for name, path in runs.items():
-            scored[name] = score_predictions(rows, load_predictions(path, rows, job), name, compat=compat)
-        job.commit(job.written + job.rejected)
-        write_report(scored, output)
-        return job.finish()
+                                                         runs.items()}, "compat": compat,
+            "judge": None if judge is None else {"url": judge.base_url, "model": judge.model}}
+    answer_judge = None
+    if judge is not None:
+        Path(output).mkdir(parents=True, exist_ok=True)
+        answer_judge = AnswerJudge(judge, judge_cache or Path(output) / JUDGE_CACHE)
+        answer_judge.preflight()
+    try:
+        with Job(output, "eval_scores", spec, resumable=False) as job:
+            scored = {}
+            for name, path in runs.items():
+                predictions = load_predictions(path, rows, job)
+                scored[name] = score_predictions(rows, predictions, name, compat=compat)
+                if answer_judge is not None:
+                    scored[name] = judge_open_answers(answer_judge, scored[name], rows, predictions)
+            job.commit(job.written + job.rejected)
+            write_report(scored, output)
+            manifest = job.finish()
+    finally:
+        if answer_judge is not None:
+            answer_judge.close()
+    manifest["judge_failures"] = sum(s.judge == "failed" for scores in scored.values() for s in scores)
+    return manifest
 
 
 def _run_spec(spec: str) -> tuple[str, str]:
@@ -480,14 +519,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a model's predictions ({data_source, index, response} per line); repeat per model")
     parser.add_argument("--output", required=True, help="directory for report.md, table.md, table.csv, table.png, "
                         "samples.jsonl, metrics.json, rejects.jsonl and manifest.json")
-    parser.add_argument("--compat", choices=COMPAT_MODES, help="the common harness's rules, for comparison")
+    parser.add_argument("--compat", choices=COMPAT_MODES, help="MedEvalKit's rule path, to compare with numbers "
+                        "published from it")
+    parser.add_argument("--judge-url", help="an OpenAI-compatible base URL (e.g. http://host:8000/v1): an LLM "
+                        "decides the open answers (API key from OPENAI_API_KEY)")
+    parser.add_argument("--judge-model", help="the judge's served model name")
+    parser.add_argument("--judge-concurrency", type=positive_int, default=8, help="judge calls at a time")
+    parser.add_argument("--judge-retries", type=non_negative_int, default=3, help="retries per answer, with backoff")
+    parser.add_argument("--judge-timeout", type=positive_float, default=120.0, help="seconds per judge call")
+    parser.add_argument("--judge-cache", help=f"the judge's verdict cache (default OUTPUT/{JUDGE_CACHE}); give an "
+                        "earlier run's to ask only what it did not decide")
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run ``medverl eval score``: exit status 1 when a prediction line is rejected."""
+    """Run ``medverl eval score``: exit status 1 when a prediction line is rejected or a judge call failed."""
     runs = dict(args.run)
     if len(runs) != len(args.run):
         raise ConfigError("each --run needs its own NAME")
-    manifest = score_runs(args.data, runs, args.output, args.compat)
+    judge = None
+    if args.judge_url or args.judge_model:
+        if not (args.judge_url and args.judge_model):
+            raise ConfigError("an LLM judge needs both --judge-url and --judge-model")
+        judge = JudgeConfig(args.judge_url, args.judge_model, api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
+                            concurrency=args.judge_concurrency, retries=args.judge_retries,
+                            timeout_s=args.judge_timeout)
+    manifest = score_runs(args.data, runs, args.output, args.compat, judge, args.judge_cache)
     print((Path(args.output) / REPORT).read_text(encoding="utf-8"))
-    return _report_rejects(manifest, args.output)
+    status = _report_rejects(manifest, args.output)
+    if manifest["judge_failures"]:
+        cache = args.judge_cache or Path(args.output) / JUDGE_CACHE
+        print(f"\n{manifest['judge_failures']} judge call(s) failed (scored 0, listed with their error in "
+              f"{Path(args.output) / SAMPLES}); to retry only them, rerun into a new --output with --judge-cache "
+              f"{cache}", file=sys.stderr)
+        return EXIT_NOTHING_USABLE
+    return status

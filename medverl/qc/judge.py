@@ -16,6 +16,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,7 +112,8 @@ class JudgeConfig:
 class VerdictCache:
     """Verdicts by key in one SQLite file, safe across the judge's threads."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, parse: Callable[[object], dict] = parse_verdict) -> None:
+        self._parse = parse  # what a valid verdict is (the rubric's by default)
         self._db = sqlite3.connect(str(path), check_same_thread=False)
         self._db.execute("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, verdict TEXT)")
         self._lock = threading.Lock()
@@ -123,7 +125,7 @@ class VerdictCache:
         if row is None:
             return None
         try:
-            return parse_verdict(row[0])
+            return self._parse(row[0])
         except JudgeReplyError:
             return None
 
@@ -142,7 +144,10 @@ class JudgeOutcome:
 
 
 class Judge:
-    """Scores records through the endpoint, bounded to `config.concurrency` calls at a time."""
+    """Scores records through the endpoint, bounded to `config.concurrency` calls at a time; a subclass with
+    another prompt (``config.rubric_version`` names its file) sets ``parse`` to read its verdicts."""
+
+    parse = staticmethod(parse_verdict)
 
     def __init__(self, config: JudgeConfig, cache: VerdictCache) -> None:
         self.config, self.cache = config, cache
@@ -180,7 +185,7 @@ class Judge:
                 if status != 200:
                     error = f"HTTP {status}: {payload[:200].decode('utf-8', 'replace')}"
                     continue
-                verdict = parse_verdict(reply_content(payload))
+                verdict = self.parse(reply_content(payload))
             except (httpx.HTTPError, JudgeReplyError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 continue

@@ -1,0 +1,127 @@
+"""``eval score --judge-url``: an LLM decides the open answers, through the QC judge's client, against a loopback
+OpenAI-compatible server; failed calls are counted apart from wrong answers and retried on the next run."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from medverl.cli import main
+from medverl.eval.judge import parse_answer_verdict
+from medverl.eval.samples import LAYOUTS, write_samples
+from medverl.qc.judge import JudgeReplyError
+
+
+class _Grader(BaseHTTPRequestHandler):
+    calls: list[str] = []
+    fail = True
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        text = body["messages"][0]["content"][-1]["text"]
+        type(self).calls.append(text)
+        answer = text.split("Model's answer: ")[-1].split("\n")[0]
+        reference = text.split("Reference answer: ")[-1].split("\n")[0]
+        if "BROKEN" in answer and type(self).fail:
+            self.send_response(503)
+            self.end_headers()
+            return
+        if "RAMBLE" in answer:
+            content = "I think it is right"  # not the JSON asked for: a failed call after retries
+        else:
+            content = json.dumps({"correct": reference.lower() in answer.lower(), "rationale": "compared"})
+        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self) -> None:
+        payload = json.dumps({"data": [{"id": "grader"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def grader_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Grader)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Grader.calls, _Grader.fail = [], True
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+def _answer(text: str) -> str:
+    return f"<think>looking</think><answer>{text}</answer>"
+
+
+def test_open_answers_are_judged_and_failures_counted_apart(tmp_path: Path, grader_url: str, capsys) -> None:
+    sources = write_samples(tmp_path / "src")
+    dirs = []
+    for name in ("vqa_rad", "slake"):
+        dirs.append(str(tmp_path / name))
+        assert main(["eval", "prepare", name, "--source", str(sources[name]), "--output", dirs[-1]]) == 0
+    preds = tmp_path / "p.jsonl"
+    lines = [("vqa_rad", 0, _answer("no")), ("vqa_rad", 2, _answer("the right upper lobe of the lung")),
+             ("slake", 3, _answer("BROKEN pneumonia")), ("slake", 4, _answer("RAMBLE")), ("slake", 2, _answer("x"))]
+    preds.write_text("".join(json.dumps({"data_source": s, "index": i, "response": r}) + "\n" for s, i, r in lines))
+    args = ["eval", "score", "--data", *dirs, "--run", f"m={preds}", "--judge-url", grader_url, "--judge-model",
+            "grader", "--judge-retries", "1", "--judge-timeout", "5"]
+    assert main([*args, "--output", str(tmp_path / "r")]) == 1  # two judge calls failed
+    assert "2 judge call(s) failed" in capsys.readouterr().err
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())["m"]
+    assert metrics["vqa_rad"]["open_acc"] == 1.0  # judged right: the reference is in the answer
+    assert (metrics["vqa_rad"]["judged"], metrics["vqa_rad"]["judge_failures"]) == (1, 0)
+    assert (metrics["slake"]["judged"], metrics["slake"]["judge_failures"]) == (0, 2)
+    samples = {(s["data_source"], s["index"]): s for s in map(json.loads, (tmp_path / "r" / "samples.jsonl").open())}
+    assert samples[("slake", 3)]["judge"] == "failed" and samples[("slake", 3)]["reason"].startswith("judge failed")
+    assert samples[("slake", 2)]["judge"] is None  # closed answers keep their rule
+    assert samples[("vqa_rad", 1)]["judge"] is None and samples[("vqa_rad", 1)]["reason"] == "no prediction"
+    assert "judge failures" in (tmp_path / "r" / "report.md").read_text()
+    assert len(_Grader.calls) == 1 + 2 + 2  # the decided one once, each failure tried twice
+    _Grader.calls, _Grader.fail = [], False  # the endpoint recovers: a rerun asks only what was not decided
+    assert main([*args, "--output", str(tmp_path / "r2"), "--judge-cache", str(tmp_path / "r" / "judge_cache.sqlite")
+                 ]) == 1  # RAMBLE still fails
+    asked = sorted(c.split("Model's answer: ")[-1].split("\n")[0] for c in _Grader.calls)
+    assert asked == ["BROKEN pneumonia", "RAMBLE", "RAMBLE"]
+    again = json.loads((tmp_path / "r2" / "metrics.json").read_text())["m"]["slake"]
+    assert (again["judged"], again["judge_failures"]) == (1, 1)
+
+
+def test_a_judge_needs_both_options_and_a_reachable_endpoint(tmp_path: Path, capsys) -> None:
+    source = write_samples(tmp_path / "src")["vqa_rad"]
+    assert main(["eval", "prepare", "vqa_rad", "--source", str(source), "--output", str(tmp_path / "v")]) == 0
+    preds = tmp_path / "p.jsonl"
+    preds.write_text(json.dumps({"data_source": "vqa_rad", "index": 0, "response": "no"}) + "\n")
+    base = ["eval", "score", "--data", str(tmp_path / "v"), "--run", f"m={preds}", "--output", str(tmp_path / "r")]
+    assert main([*base, "--judge-model", "grader"]) == 2
+    assert main([*base, "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "g", "--judge-timeout", "2"]) == 2
+    assert "unreachable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("content", "ok"), [
+    ('{"correct": false, "rationale": "other organ"}', True),
+    ('```json\n{"correct": true}\n```', True),  # a fenced reply; the rationale is optional
+    ('{"correct": "yes"}', False),  # not a boolean
+    ("[true]", False),
+    ("correct", False),
+])
+def test_answer_verdicts_are_checked(content: str, ok: bool) -> None:
+    if ok:
+        assert isinstance(parse_answer_verdict(content)["correct"], bool)
+    else:
+        with pytest.raises(JudgeReplyError):
+            parse_answer_verdict(content)
+
+
+def test_layouts_cover_every_benchmark() -> None:
+    from medverl.eval.benchmarks import READERS
+
+    assert set(LAYOUTS) == set(READERS)
