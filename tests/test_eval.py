@@ -269,3 +269,11 @@ def test_the_shipped_samples_run_end_to_end(tmp_path: Path) -> None:
     assert compat["slake"]["acc"] == 1.0  # capitalised "No" and 否 by exact match, both languages
     # "right lower lobe" for "right upper lobe": partial credit by tokens, none by MedEvalKit's exact match
     assert ours["vqa_rad"]["open_acc"] == 0.5 and compat["vqa_rad"]["open_acc"] == 0.0
+
+
+def test_image_options_reach_the_generation_messages(prepared: dict[str, Path]) -> None:
+    rows = sorted(pq.read_table(next(prepared["mmmu_hm"].glob("part-*.parquet"))).to_pylist(),
+                  key=lambda r: r["extra_info"]["index"])
+    shown = "".join(p["text"] if p["type"] == "text" else "[image]" for p in chat_messages(rows[1])[-1]["content"])
+    assert shown.startswith("Image 1: [image]\nImage 2: [image]\nImage 3: [image]\nImage 4: [image]\nWhich image")
+    assert "\nA. Image 1\nB. Image 2\nC. Image 3\nD. Image 4\n" in shown

@@ -125,3 +125,28 @@ def test_compat_scores_prepared_rows_with_their_harness_view(tmp_path: Path) -> 
     assert first[("mmmu_hm", 0)].pred == random.Random(42).choice("ABC")  # the first draw of the seed
     assert first[("mmmu_hm", 2)].acc == 0.0  # open: never scores under MedEvalKit's rule path
     assert [s.pred for s in runs[0].values()] == [s.pred for s in runs[1].values()]  # seeded: the same each run
+
+
+def test_rows_prepared_without_a_harness_view_get_one_from_their_query_type() -> None:
+    from medverl.eval.score import score_answer
+    from medverl.rewards import RewardOptions
+
+    info = {"query_type": "multiple_choice", "options": ["Nevus", "Melanoma"], "meta": "{}"}
+    got = score_answer("<answer>B. Melanoma</answer>", "B", info, RewardOptions(), compat="medevalkit")
+    assert got.acc == 1.0 and got.pred == "b"
+    info = {"query_type": "yes_no", "meta": "{}"}
+    assert score_answer("a nodule", "no", info, RewardOptions(), compat="medevalkit").acc == 1.0
+
+
+def test_omnimedvqa_harness_answer_is_the_last_matching_option(tmp_path: Path) -> None:
+    from medverl.eval.benchmarks import read_omnimedvqa
+
+    qa = tmp_path / "QA_information" / "Open-access"
+    qa.mkdir(parents=True)
+    (qa / "x.json").write_text(json.dumps([
+        {"question": "q", "gt_answer": "CT", "option_A": "CT", "option_B": "CT", "image_path": "i.png",
+         "modality": "CT"},
+        {"question": "q", "gt_answer": "PET", "option_A": "CT", "option_B": "MRI", "image_path": "i.png"}]))
+    first, second = read_omnimedvqa(tmp_path)
+    assert first["answer"] == "A" and first["meta"]["medevalkit"]["answer"] == "B"
+    assert second["meta"]["medevalkit"]["answer"] == "PET"  # no option matches: MedEvalKit keeps the text
