@@ -1,4 +1,6 @@
-"""Shared fixtures: every test gets its own copy of the reward registry."""
+"""Shared fixtures: every test starts from the reward registry as imported (the built-ins)."""
+
+import sys
 
 import pytest
 
@@ -6,10 +8,10 @@ from medverl.rewards import registry
 
 
 @pytest.fixture(autouse=True)
-def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> registry.Registry:
-    """A fresh registry holding the built-ins, so plugins one test loads never leak into another."""
-    fresh = registry.Registry()
-    for spec in registry.REGISTRY.specs():
-        fresh.register(spec.name, extra_info_keys=spec.extra_info_keys, validate=spec.validate)(spec.fn)
-    monkeypatch.setattr(registry, "REGISTRY", fresh)
-    return fresh
+def isolated_registry() -> registry.Registry:
+    """The process-wide registry, returned to its state after the test: what the test registered is forgotten and
+    the plugin modules it loaded are unimported, so another test loads them anew."""
+    saved = registry.REGISTRY.snapshot()
+    yield registry.REGISTRY
+    for module in registry.REGISTRY.restore(saved):
+        sys.modules.pop(module, None)

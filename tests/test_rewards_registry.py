@@ -1,6 +1,7 @@
 """The query_type registry: decorator, duplicates, unknown names, plugin modules and files."""
 
 import runpy
+import sys
 import textwrap
 from pathlib import Path
 
@@ -106,16 +107,27 @@ def test_plugin_module_by_name(tmp_path: Path, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("kind", ["module", "file"])
-def test_a_plugin_registers_into_the_registry_loading_it_and_every_later_one(kind: str, tmp_path: Path, monkeypatch) -> None:
-    path = _write_plugin(tmp_path / f"replayed_{kind}.py", f"replayed_{kind}")
+def test_a_plugin_is_imported_once_per_process_into_the_process_wide_registry(kind: str, tmp_path: Path, monkeypatch) -> None:
+    path = _write_plugin(tmp_path / f"once_{kind}.py", f"once_{kind}")
     monkeypatch.syspath_prepend(str(tmp_path))
-    plugin = f"replayed_{kind}" if kind == "module" else str(path)
-    first, second = Registry(), Registry()
-    first.load_plugins([plugin])
-    assert f"replayed_{kind}" in first.names()
-    assert f"replayed_{kind}" not in registry_module.REGISTRY.names()  # not the process-wide one
-    second.load_plugins([plugin])  # Python imports the module once: what it registered is replayed
-    assert second.get(f"replayed_{kind}").fn is first.get(f"replayed_{kind}").fn
+    plugin = f"once_{kind}" if kind == "module" else str(path)
+    REGISTRY.load_plugins([plugin])
+    fn = REGISTRY.get(f"once_{kind}").fn
+    REGISTRY.load_plugins([plugin])  # a second load imports nothing, so nothing registers twice
+    assert REGISTRY.get(f"once_{kind}").fn is fn
+    assert registry_module.plugin_module_name(plugin) in sys.modules
+
+
+def test_restoring_a_snapshot_forgets_rewards_and_names_the_plugin_modules_to_unimport(tmp_path: Path) -> None:
+    saved = REGISTRY.snapshot()
+    plugin = str(_write_plugin(tmp_path / "forgotten.py", "forgotten"))
+    REGISTRY.load_plugins([plugin])
+    REGISTRY.register("dummy")(_dummy)
+    assert REGISTRY.restore(saved) == [registry_module.plugin_module_name(plugin)]
+    assert "forgotten" not in REGISTRY.names() and "dummy" not in REGISTRY.names()
+    sys.modules.pop(registry_module.plugin_module_name(plugin))
+    REGISTRY.load_plugins([plugin])  # imported anew
+    assert "forgotten" in REGISTRY.names()
 
 
 @pytest.mark.parametrize(

@@ -143,7 +143,7 @@ class Registry:
                 return
             for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
                 try:
-                    obj = self._loading(f"entry point {ep.value}", ep.load)
+                    obj = ep.load()
                 except Exception as exc:
                     raise PluginError(
                         f"entry point {ep.name!r} = {ep.value!r} of group {ENTRY_POINT_GROUP!r} failed to load: {exc}"
@@ -157,7 +157,8 @@ class Registry:
             self._entry_points_loaded = True
 
     def load_plugins(self, plugins: Iterable[str]) -> None:
-        """Import reward plugins (module names or ``.py`` files) not yet loaded into this registry."""
+        """Import reward plugins (module names or ``.py`` files), each once per process; their ``@register``
+        decorators fill the process-wide registry."""
         for plugin in plugins:
             if plugin in self._plugins_loaded:
                 continue
@@ -166,29 +167,24 @@ class Registry:
                     continue
                 key = _plugin_key(plugin)
                 if key not in self._plugins_loaded:  # the same file under another spelling of its path
-                    self._loading(key, lambda: _import_plugin(plugin))
+                    _import_plugin(plugin)
                     self._plugins_loaded.add(key)
                     logger.info("loaded reward plugin %s", plugin)
                 self._plugins_loaded.add(plugin)
 
-    def _loading(self, key: str, load: Callable[[], object]) -> object:
-        """Run `load` (an import) with ``@register`` aimed at this registry.
+    def snapshot(self) -> RegistrySnapshot:
+        """What is registered and loaded now, for :meth:`restore` (tests start each case from the same state)."""
+        with self._lock:
+            return RegistrySnapshot(dict(self._specs), self._entry_points_loaded, frozenset(self._plugins_loaded))
 
-        Python imports a module once per process: what it registered then is recorded under `key` and replayed
-        here when another registry loads it again.
-        """
-        previous = getattr(_LOADING, "target", None)
-        _LOADING.target = (self, [])
-        try:
-            result = load()
-            registered = _LOADING.target[1]
-        finally:
-            _LOADING.target = previous
-        if registered:
-            _PLUGIN_REWARDS[key] = registered
-        for name, fn, extra_info_keys, validate in _PLUGIN_REWARDS.get(key, ()):
-            self.register(name, extra_info_keys=extra_info_keys, validate=validate)(fn)
-        return result
+    def restore(self, snapshot: RegistrySnapshot) -> list[str]:
+        """Return to `snapshot`; returns the names of the plugin modules loaded since, which Python keeps imported."""
+        with self._lock:
+            loaded = self._plugins_loaded - snapshot.plugins_loaded
+            self._specs = dict(snapshot.specs)
+            self._entry_points_loaded = snapshot.entry_points_loaded
+            self._plugins_loaded = set(snapshot.plugins_loaded)
+        return sorted({plugin_module_name(p) for p in loaded})
 
     def _unknown_message(self, name: object) -> str:
         known = sorted(self._specs)
@@ -199,6 +195,14 @@ class Registry:
             "Register a new one with @medverl.rewards.register(name) in a module listed in the 'plugins' "
             f"reward_kwarg or an entry point of group {ENTRY_POINT_GROUP!r}."
         )
+
+
+class RegistrySnapshot(NamedTuple):
+    """A registry's state, from :meth:`Registry.snapshot`."""
+
+    specs: dict[str, RewardSpec]
+    entry_points_loaded: bool
+    plugins_loaded: frozenset[str]
 
 
 def _source_of(fn: Callable) -> str:
@@ -214,6 +218,14 @@ def _is_file(plugin: str) -> bool:
 
 def _plugin_key(plugin: str) -> str:
     return str(Path(plugin).expanduser().resolve()) if _is_file(plugin) else plugin
+
+
+def plugin_module_name(plugin: str) -> str:
+    """The name a plugin is imported under: its module name, or a name made from a ``.py`` file's real path."""
+    if not _is_file(plugin):
+        return plugin
+    path = Path(plugin).expanduser()
+    return f"medverl_plugin_{path.stem}_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]}"
 
 
 def _import_plugin(plugin: str) -> None:
@@ -233,10 +245,7 @@ def _import_plugin(plugin: str) -> None:
             "relative paths from their own working directory: pass an absolute path on a filesystem every "
             "node sees, or install the plugin as a module"
         )
-    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
-    module_name = f"medverl_plugin_{path.stem}_{digest}"
-    if module_name in sys.modules:  # loaded by another registry of this process: its rewards are replayed
-        return
+    module_name = plugin_module_name(plugin)
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise PluginError(f"reward plugin {plugin!r} is not a loadable Python file")
@@ -250,24 +259,10 @@ def _import_plugin(plugin: str) -> None:
 
 
 REGISTRY = Registry()
-# While a registry loads a plugin or entry point: (that registry, what the import registered).
-_LOADING = threading.local()
-# What each plugin or entry point registered when it was imported, replayed into registries that load it later.
-_PLUGIN_REWARDS: dict[str, list[tuple[str, RewardFn, tuple[str, ...], ReferenceValidator | None]]] = {}
 
 
 def register(
     name: str, *, extra_info_keys: Sequence[str] = (), validate: ReferenceValidator | None = None
 ) -> Callable[[RewardFn], RewardFn]:
-    """Decorator registering a reward for query_type `name`: in the registry loading the plugin it is in, else
-    in the process-wide one (see Registry)."""
-
-    def decorator(fn: RewardFn) -> RewardFn:
-        loading = getattr(_LOADING, "target", None)
-        target = loading[0] if loading is not None else REGISTRY
-        target.register(name, extra_info_keys=extra_info_keys, validate=validate)(fn)
-        if loading is not None:
-            loading[1].append((name, fn, tuple(extra_info_keys), validate))
-        return fn
-
-    return decorator
+    """Decorator registering a reward for query_type `name` in the process-wide registry."""
+    return REGISTRY.register(name, extra_info_keys=extra_info_keys, validate=validate)
