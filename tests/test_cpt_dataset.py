@@ -115,6 +115,18 @@ def test_collates_with_verls_no_padding_collator(cpt_dir: Path, model) -> None:
     assert all(rolled[s - 1] == 0 for s in starts)
 
 
+def test_a_batch_whose_first_document_is_text_only_collates(cpt_dir: Path, model) -> None:
+    from verl.utils.dataset.dataset_utils import SFTTensorCollator
+    from verl.utils.model import extract_multi_modal_inputs
+
+    dataset = _dataset(cpt_dir, model)
+    items = [dataset[3], dataset[0], dataset[1]]  # the text-only document first, as verl's sampler may order it
+    batch = SFTTensorCollator("no_padding")(items)
+    inputs = extract_multi_modal_inputs(batch["multi_modal_inputs"])
+    expected = torch.cat([items[1]["multi_modal_inputs"]["image_grid_thw"], items[2]["multi_modal_inputs"]["image_grid_thw"]])
+    assert torch.equal(inputs["image_grid_thw"], expected)
+
+
 def test_right_padding(cpt_dir: Path, model) -> None:
     item = _dataset(cpt_dir, model, pad_mode="right", max_length=512)[3]
     assert item["input_ids"].shape == item["attention_mask"].shape == item["loss_mask"].shape == (512,)
