@@ -28,8 +28,9 @@ def example_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("repo")
     (root / "examples").symlink_to(REPO / "examples")
     medverl = f"{sys.executable} -m medverl"
-    subprocess.run(["bash", str(REPO / "recipes" / "prepare_example_data.sh")], cwd=root, check=True,
-                   env={**os.environ, "MEDVERL": medverl}, capture_output=True)
+    for _ in range(2):  # a second run makes the same directories anew
+        subprocess.run(["bash", str(REPO / "recipes" / "prepare_example_data.sh")], cwd=root, check=True,
+                       env={**os.environ, "MEDVERL": medverl}, capture_output=True)
     return root / "runs" / "example" / "data"
 
 
