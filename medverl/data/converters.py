@@ -165,11 +165,11 @@ def _converter(read: Callable[[Mapping, int, str, PrepOptions], Parsed]) -> Call
         try:
             parsed = read(record, index, source, options)
             images, image_meta = _load_images(parsed.content.images, options)
+            return parsed.build(images, image_meta)
         except _Rejected as exc:
             return exc.reject
         except (RecursionError, MemoryError) as exc:  # a record nested or sized past what this process can hold
             return Reject("record_too_large", f"{type(exc).__name__} while reading the record")
-        return parsed.build(images, image_meta)
 
     convert.read = read
     return convert

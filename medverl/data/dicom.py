@@ -350,7 +350,7 @@ def run_command(args: argparse.Namespace) -> int:
         try:
             image = decode_image(read_file(name, args.max_image_bytes), name, args.pixel_limit, args.preset)
         except (ImageError, FileRefused) as exc:
-            print(f"{name}: {exc}", file=sys.stderr)
+            print(exc if name in str(exc) else f"{name}: {exc}", file=sys.stderr)
             continue
         target = out_dir / png
         target.write_bytes(image.data)

@@ -19,6 +19,7 @@ _CHUNK = 1 << 20
 # A JSONL line longer than this is rejected unread (one record is a question with a few inline images at most).
 MAX_RECORD_BYTES = 64 << 20
 _BOM = b"\xef\xbb\xbf"
+_JSON_SPACE = b" \t\r\n"  # a line of only these is blank; any other character makes it a record
 # Only a \uD800-\uDFFF escape can put a lone surrogate into decoded JSON: records without one are not walked.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -63,7 +64,7 @@ def count_records(paths: Iterable[str | Path]) -> int | None:
             total += pq.ParquetFile(path).metadata.num_rows
         elif suffix in (".jsonl", ".ndjson"):
             with path.open("rb") as f:
-                total += sum(1 for line in f if line.strip())
+                total += sum(1 for line, _, _ in _lines(f, MAX_RECORD_BYTES) if line.strip(_JSON_SPACE))
         else:
             return None
     return total
@@ -124,6 +125,8 @@ def _jsonl_lines(f: IO[bytes], name: str, limit: int = MAX_RECORD_BYTES) -> Iter
             yield Record(source, number, error=f"line {number} is longer than {limit} bytes", code="record_too_large",
                          excerpt=raw.decode("utf-8", errors="replace"))
             continue
+        if not raw.strip(_JSON_SPACE):
+            continue
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -131,8 +134,6 @@ def _jsonl_lines(f: IO[bytes], name: str, limit: int = MAX_RECORD_BYTES) -> Iter
                          error=f"invalid UTF-8 at line {number}, byte {offset + exc.start} of the file "
                          f"({exc.reason}); re-encode the file as UTF-8",
                          excerpt=raw.decode("utf-8", errors="replace")[:EXCERPT_CHARS])
-            continue
-        if not line.strip():
             continue
         yield decoded(source, number, line)
 

@@ -122,7 +122,7 @@ def _convert(task: tuple[str, Record, int, PrepOptions]) -> dict | Reject:
     try:
         return converter(record.data, index, record.source, options)
     except Exception as exc:  # a record no check foresaw must cost that record, not the job
-        logger.warning("%s: converter error", record.source, exc_info=True)
+        logger.warning("%s: unexpected converter error %r", record.source, exc)
         return Reject("internal_error", f"{type(exc).__name__}: {exc} (a bug: please report it with this record)")
 
 

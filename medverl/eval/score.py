@@ -284,7 +284,7 @@ def load_predictions(path: str | Path, rows: Mapping[tuple[str, int], dict], job
             continue
         try:
             key = (str(item["data_source"]), int(item["index"]))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             job.reject(record.rejected("bad_field", f"index must be an integer, got {item['index']!r}"))
             continue
         if key in predictions:
