@@ -388,6 +388,11 @@ def test_prep_survives_hostile_records(world: dict, tmp_path: Path, kind: str) -
     if kind == "rl":
         assert manifest["counts"].get("duplicates", 0) >= 1
         assert "byte" in next(r["reason"] for r in rejects.values() if r["code"] == "bad_encoding")
+        from medverl.data.validate import validate
+
+        report = validate(out)
+        assert report.duplicates == manifest["counts"]["duplicates"]
+        assert f"| {report.duplicates} |" in report.markdown()
 
 
 def test_dicom_rejects_name_the_tag(world: dict, tmp_path: Path) -> None:
@@ -406,7 +411,7 @@ def test_dicom_rejects_name_the_tag(world: dict, tmp_path: Path) -> None:
 # --- qc score: rules and judge ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["rl", "sft", "interleaved"])
+@pytest.mark.parametrize("kind", list(CASES))
 def test_qc_score_survives_hostile_records(world: dict, tmp_path: Path, kind: str) -> None:
     source = tmp_path / f"{kind}.jsonl"
     expected = _write_cases(source, CASES[kind](world), fuzz_seed=7)
@@ -438,10 +443,14 @@ class _Judge(BaseHTTPRequestHandler):
                "rationale": "fine"}
 
     def do_GET(self) -> None:
-        self._send(200, json.dumps({"data": [{"id": "vlm"}]}).encode())
+        if self.path != "/v1/models":
+            return self._send(404, b"not found")
+        return self._send(200, json.dumps({"data": [{"id": "vlm"}]}).encode())
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path != "/v1/chat/completions":
+            return self._send(404, b"not found")
         text = body["messages"][0]["content"][-1]["text"]
         if text == "ping":
             return self._send(200, self._reply(json.dumps(self.verdict)))
@@ -537,16 +546,21 @@ def test_judge_replies_of_every_shape_fail_alone(world: dict, tmp_path: Path, ju
     assert result.rc == 1 and "Traceback" not in result.err  # every record failed: not a success
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:9/v1", "WRONG"])
-def test_judge_preflight_fails_fast(world: dict, tmp_path: Path, judge_server: str, url: str) -> None:
-    url = judge_server.removesuffix("/v1") + "/nothing-here" if url == "WRONG" else url
+@pytest.mark.parametrize(("url", "model", "says"), [
+    ("http://127.0.0.1:9/v1", "vlm", "unreachable"),  # nothing listens
+    ("/nothing-here", "vlm", "HTTP 404"),  # a server, but not an OpenAI-compatible base URL
+    ("/v1", "not-served", "does not serve"),
+])
+def test_judge_preflight_fails_fast(world: dict, tmp_path: Path, judge_server: str, url: str, model: str,
+                                    says: str) -> None:
+    url = url if url.startswith("http") else judge_server.removesuffix("/v1") + url
     source = tmp_path / "c.jsonl"
     source.write_text(json.dumps({"image": "good.png", "text": "x"}) + "\n")
-    model = "not-served" if "nothing-here" in url else "vlm"
-    result = medverl(f"qc preflight {url[-4:]}", "qc", "score", "caption", source, "--scorer", "judge",
+    result = medverl(f"qc preflight {says}", "qc", "score", "caption", source, "--scorer", "judge",
                      "--judge-url", url, "--judge-model", model, "--image-root", world["root"], "--timeout", "5",
                      "--output", tmp_path / "j")
-    assert result.rc == 2 and "Traceback" not in result.err and "judge endpoint" in result.err, result.err[-2000:]
+    assert result.rc == 2 and "Traceback" not in result.err and says in result.err, result.err[-2000:]
+    assert not list((tmp_path / "j").glob("part-*"))
 
 
 # --- scoring commands ------------------------------------------------------------------------------------------
@@ -685,6 +699,52 @@ def test_workers_die_with_a_killed_parent(world: dict, tmp_path: Path) -> None:
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, "orphaned processes left running"
+
+
+# --- options and trusted data, in process ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["prep", "rl", "x.jsonl", "--output", "o", "--workers", "-3"],
+    ["prep", "rl", "x.jsonl", "--output", "o", "--pixel-limit", "-5"],
+    ["prep", "rl", "x.jsonl", "--output", "o", "--max-pixels", "-1"],
+    ["prep", "rl", "x.jsonl", "--output", "o", "--rows-per-shard", "0"],
+    ["prep", "rl", "x.jsonl", "--output", "o", "--max-image-bytes", "0"],
+    ["prep", "rl", "x.jsonl", "--output", "o", "--workers", "two"],
+    ["qc", "score", "rl", "x.jsonl", "--output", "o", "--retries", "-1"],
+    ["qc", "score", "rl", "x.jsonl", "--output", "o", "--timeout", "nan"],
+    ["qc", "score", "rl", "x.jsonl", "--output", "o", "--timeout", "0"],
+    ["qc", "score", "rl", "x.jsonl", "--output", "o", "--concurrency", "0"],
+    ["qc", "filter", "s", "--output", "o", "--subset-min", "nan"],
+    ["qc", "filter", "s", "--output", "o", "--subset-min", "2"],
+    ["score", "--input", "x.jsonl", "--format-weight", "nan"],
+    ["score", "--input", "x.jsonl", "--max-answer-chars", "0"],
+    ["dicom", "x.dcm", "--output", "o", "--pixel-limit", "0"],
+])
+def test_bad_numbers_are_refused_as_options_are_parsed(argv: list[str], capsys) -> None:
+    from medverl.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and "must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", ["fluency=nan", "fluency=1.5", "fluency=-1", "fluency", "nope=0.5"])
+def test_bad_thresholds_are_usage_errors(spec: str) -> None:
+    from medverl.errors import ConfigError
+    from medverl.qc.filter import parse_thresholds
+
+    with pytest.raises(ConfigError, match="--min takes"):
+        parse_thresholds([spec])
+
+
+@pytest.mark.parametrize("extra_info", [5, [1, 2], "multiple_choice", {"query_type": "multiple_choice", "options": 5,
+                                                                       "index": 7}])
+def test_compute_score_errors_name_data_source_and_index(extra_info: object) -> None:
+    from medverl.rewards import InvalidReference, compute_score
+
+    with pytest.raises(InvalidReference, match=r"data_source='pmc_vqa', index=(7|None)\]"):
+        compute_score("pmc_vqa", "<answer>A</answer>", "A", extra_info)
 
 
 # --- properties, in process ---------------------------------------------------------------------------------------

@@ -29,8 +29,8 @@ from medverl.data.job import Job, Rejected, fingerprint_inputs, windows
 from medverl.data.records import Record, count_records, iter_records
 from medverl.data.schemas import qc_scores_schema
 from medverl.errors import ConfigError
-from medverl.qc.judge import Judge, JudgeConfig, VerdictCache
-from medverl.qc.rules import DIMENSIONS, image_checks, mark_duplicates, score_rules
+from medverl.qc.judge import Judge, JudgeConfig, JudgeOutcome, VerdictCache
+from medverl.qc.rules import DIMENSIONS, ImageFacts, image_checks, mark_duplicates, score_rules
 
 WINDOW = 500
 SCHEMA = qc_scores_schema()
@@ -83,6 +83,14 @@ def _row(job: QCJob, record: Record, text: str, thumbs: list[bytes], hashes: lis
     }
 
 
+def _image_facts(reference: object, image_root: tuple, max_image_bytes: int) -> ImageFacts:
+    """:func:`image_checks`, with any failure of an image an unreadable image, never the job's end."""
+    try:
+        return image_checks(reference, image_root, max_image_bytes)
+    except Exception:
+        return ImageFacts(["image_unreadable"], None, b"")
+
+
 def run_qc(job: QCJob, *, resume: bool = False, progress: bool = True) -> dict:
     """Score every record of `job`; returns the manifest (also written to ``OUTPUT/manifest.json``).
 
@@ -117,7 +125,11 @@ def _score(job: QCJob, out: Job, progress: bool) -> dict:
         if record.error:
             content = record.rejected(record.code, record.error)
         else:
-            content = read_content(job.kind, record.data, record.position, record.source, options)
+            try:
+                content = read_content(job.kind, record.data, record.position, record.source, options)
+            except Exception as exc:  # a record no check foresaw must cost that record, not the job
+                content = Reject("internal_error", f"{type(exc).__name__}: {exc} (a bug: please report it with "
+                                 "this record)")
         if isinstance(content, Reject):
             content = record.rejected(content.code, content.reason)
         if isinstance(content, Rejected):
@@ -128,8 +140,13 @@ def _score(job: QCJob, out: Job, progress: bool) -> dict:
     def examine(item: tuple) -> tuple:
         """Image checks (and the judge's verdict): the slow part, run in threads (PIL and HTTP release the GIL)."""
         record, text, references = item
-        facts = [image_checks(reference, image_root, options.max_image_bytes) for reference in references]
-        outcome = judge.score(text, [f.data for f in facts if f.data]) if judge is not None else None
+        facts = [_image_facts(reference, image_root, options.max_image_bytes) for reference in references]
+        outcome = None
+        if judge is not None:
+            try:
+                outcome = judge.score(text, [f.data for f in facts if f.data])
+            except Exception as exc:  # never the job: the record is a judge failure with the reason
+                outcome = JudgeOutcome(None, error=f"{type(exc).__name__}: {exc}")
         return record, text, facts, outcome
 
     try:
