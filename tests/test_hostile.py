@@ -639,6 +639,20 @@ def test_eval_score_accounts_for_every_prediction(world: dict, tmp_path: Path) -
                          8: "malformed_json"}, codes
 
 
+@pytest.mark.parametrize(("name", "content", "says"), [
+    ("broken.parquet", b"PAR1 not really parquet PAR1", "not a readable parquet file"),
+    ("latin1.json", b'[{"question": "caf\xe9?", "answer": "yes", "query_type": "yes_no"}]', "invalid UTF-8"),
+    ("deep.json", b"[" + b"[" * 100_000 + b"]" * 100_000 + b"]", "broken JSON array"),
+    ("object.json", b'{"question": "q"}', "one JSON array"),
+])
+def test_unreadable_input_files_are_usage_errors(tmp_path: Path, name: str, content: bytes, says: str) -> None:
+    source = tmp_path / name
+    source.write_bytes(content)
+    for command in (["prep", "rl"], ["qc", "score", "rl"]):
+        result = medverl(f"{' '.join(command)} {name}", *command, source, "--output", tmp_path / "-".join(command))
+        assert result.rc == 2 and says in result.err and "Traceback" not in result.err, result.err[-2000:]
+
+
 # --- resume, workers --------------------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medverl.data.job import EXCERPT_CHARS, Rejected, excerpt
@@ -61,7 +62,7 @@ def count_records(paths: Iterable[str | Path]) -> int | None:
     for path in map(Path, paths):
         suffix = path.suffix.lower()
         if suffix == ".parquet":
-            total += pq.ParquetFile(path).metadata.num_rows
+            total += _parquet_file(path).metadata.num_rows
         elif suffix in (".jsonl", ".ndjson"):
             with path.open("rb") as f:
                 total += sum(1 for line, _, _ in _lines(f, MAX_RECORD_BYTES) if line.strip(_JSON_SPACE))
@@ -248,10 +249,20 @@ def _json_array(path: Path) -> Iterator[Record]:
 
 def _parquet(path: Path) -> Iterator[Record]:
     index = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
-        for row in batch.to_pylist():
-            yield Record(f"{path.name}[{index}]", index, row)
-            index += 1
+    try:
+        for batch in _parquet_file(path).iter_batches(batch_size=256):
+            for row in batch.to_pylist():
+                yield checked(Record(f"{path.name}[{index}]", index, row))
+                index += 1
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a corrupt page, a string that is not UTF-8
+        raise InputError(f"{path}: unreadable parquet after row {index}: {exc}") from None
+
+
+def _parquet_file(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(f"{path}: not a readable parquet file: {exc}") from None
 
 
 def json_object(record: Record, required: Sequence[str] = ()) -> dict | Rejected:
