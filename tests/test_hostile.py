@@ -455,6 +455,16 @@ class _Judge(BaseHTTPRequestHandler):
         if text == "ping":
             return self._send(200, self._reply(json.dumps(self.verdict)))
         word = next((w for w in self.REPLIES if w in text), "GOOD")
+        if word == "STALL":  # one byte, then nothing for longer than the deadline
+            self.send_response(200)
+            self.end_headers()
+            try:
+                self.wfile.write(b"{")
+                self.wfile.flush()
+                time.sleep(4)
+            except OSError:
+                pass
+            return None
         if word == "TRICKLE":  # one byte at a time, far past the deadline
             self.send_response(200)
             self.end_headers()
@@ -506,6 +516,7 @@ _Judge.REPLIES = {
     "SURROGATE": _Judge._reply(json.dumps({**_Judge.verdict, "rationale": "\ud800"})),
     "BIGINT": _Judge._reply('{"fluency": ' + "9" * 5000 + "}"),
     "TRICKLE": b"",
+    "STALL": b"",
     "HUGE": b"",
     "GOOD": _Judge._reply(json.dumps(_Judge.verdict)),
 }
@@ -544,6 +555,19 @@ def test_judge_replies_of_every_shape_fail_alone(world: dict, tmp_path: Path, ju
     only_bad.write_text(json.dumps({"image": "good.png", "text": "x NULLCONTENT"}) + "\n")
     result = medverl("qc score judge all failed", *args[:3], only_bad, *args[4:], "--output", tmp_path / "all-failed")
     assert result.rc == 1 and "Traceback" not in result.err  # every record failed: not a success
+
+
+@pytest.mark.parametrize("word", ["TRICKLE", "STALL"])
+def test_judge_calls_end_at_their_deadline(tmp_path: Path, judge_server: str, word: str) -> None:
+    from medverl.qc.judge import Judge, JudgeConfig, VerdictCache
+
+    judge = Judge(JudgeConfig(judge_server, "vlm", timeout_s=1.0, retries=0), VerdictCache(tmp_path / "c.sqlite"))
+    started = time.monotonic()
+    outcome = judge.score(f"text {word}", [])
+    elapsed = time.monotonic() - started
+    judge.close()
+    assert outcome.verdict is None and "longer than the call's 1 s" in outcome.error
+    assert elapsed < 1.5, elapsed
 
 
 @pytest.mark.parametrize(("url", "model", "says"), [

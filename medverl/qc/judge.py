@@ -10,6 +10,8 @@ the model, so rerunning a job costs no calls.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 import json
 import logging
 import re
@@ -156,6 +158,8 @@ class Judge:
         self._client = httpx.Client(base_url=config.base_url.rstrip("/"), timeout=config.timeout_s,
                                     headers={"Authorization": f"Bearer {config.api_key}"},
                                     limits=httpx.Limits(max_connections=config.concurrency))
+        # twice the calls in flight: room for requests left running past their deadline
+        self._calls = ThreadPoolExecutor(2 * config.concurrency, thread_name_prefix="judge-call")
 
     def key(self, text: str, images: list[bytes]) -> str:
         digest = hashlib.sha256()
@@ -196,8 +200,19 @@ class Judge:
 
     def _post(self, body: dict, path: str = "/chat/completions", method: str = "POST") -> tuple[int, bytes]:
         """One request within the call's total deadline (`timeout_s` from the start, however slowly the reply
-        comes) and its reply of at most `max_reply_bytes`; raises :class:`JudgeReplyError` past either."""
+        comes) and its reply of at most `max_reply_bytes`; raises :class:`JudgeReplyError` past either.
+
+        The request runs in a thread of its own so that the deadline holds even while a read waits: a request
+        still running then is left to end by itself (its reads time out, its loop stops at the deadline)."""
         deadline = time.monotonic() + self.config.timeout_s
+        call = self._calls.submit(self._request, body, path, method, deadline)
+        try:
+            return call.result(timeout=self.config.timeout_s)
+        except FutureTimeout:
+            call.cancel()
+            raise JudgeReplyError(f"the reply took longer than the call's {self.config.timeout_s:g} s") from None
+
+    def _request(self, body: dict, path: str, method: str, deadline: float) -> tuple[int, bytes]:
         cap = self.config.max_reply_bytes
         kwargs = {"json": body} if method == "POST" else {}
         with self._client.stream(method, path, timeout=self.config.timeout_s, **kwargs) as reply:
@@ -240,4 +255,5 @@ class Judge:
             raise ConfigError(f"{where} is unreachable or not OpenAI-compatible: {type(exc).__name__}: {exc}") from None
 
     def close(self) -> None:
+        self._calls.shutdown(wait=False, cancel_futures=True)
         self._client.close()
