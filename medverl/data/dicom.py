@@ -10,6 +10,7 @@ import os
 import sys
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,23 +92,43 @@ def _first(value: object) -> float:
 
 def linear_window(x: np.ndarray, center: float, width: float) -> np.ndarray:
     """DICOM linear VOI window to uint8: ``clip((x - (c - 0.5)) / (w - 1) + 0.5, 0, 1) * 255``, rounded."""
-    y = np.subtract(x, center - 0.5, dtype=np.float64)  # one temporary, updated in place
-    y /= max(width - 1.0, 1e-6)
-    y += 0.5
-    np.clip(y, 0.0, 1.0, out=y)
-    y *= 255.0
-    return np.round(y, out=y).astype(np.uint8)
+    scale = max(width - 1.0, 1e-6)
+
+    def window(block: np.ndarray) -> np.ndarray:
+        y = np.subtract(block, center - 0.5, dtype=np.float64)
+        y /= scale
+        y += 0.5
+        return y
+
+    return _to_uint8(x, window)
 
 
 def stretch_to_uint8(x: np.ndarray, low: float, high: float) -> np.ndarray:
     """Map [low, high] linearly onto 0..255 (clipped); a flat range gives black."""
     if not high > low:  # also NaN
         return np.zeros(x.shape, dtype=np.uint8)
-    y = np.subtract(x, low, dtype=np.float64)
-    y /= high - low
-    np.clip(y, 0.0, 1.0, out=y)
-    y *= 255.0
-    return np.round(y, out=y).astype(np.uint8)
+
+    def stretch(block: np.ndarray) -> np.ndarray:
+        y = np.subtract(block, low, dtype=np.float64)
+        y /= high - low
+        return y
+
+    return _to_uint8(x, stretch)
+
+
+_BLOCK = 1 << 22  # values per block: the float64 temporaries of a large scan stay at 32 MB
+
+
+def _to_uint8(x: np.ndarray, unit: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``round(255 * clip(unit(x), 0, 1))`` as uint8, a block at a time."""
+    flat = np.asarray(x).reshape(-1)
+    out = np.empty(flat.shape, dtype=np.uint8)
+    for start in range(0, flat.size, _BLOCK):
+        y = unit(flat[start : start + _BLOCK])
+        np.clip(y, 0.0, 1.0, out=y)
+        y *= 255.0
+        out[start : start + _BLOCK] = np.round(y, out=y)
+    return out.reshape(np.shape(x))
 
 
 # The dataset of a deflated transfer syntax is one zlib stream, inflated whole by pydicom: it is measured first.
