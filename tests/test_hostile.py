@@ -260,6 +260,12 @@ def rl_cases(world: dict) -> list[tuple[object, object]]:
         (json.dumps({**verl, "extra_info": {"query_type": "yes_no", "question": 5}}).encode(), "bad_field"),
         (json.dumps({**verl, "prompt": "not a list"}).encode(), "bad_field"),
         (json.dumps({**verl, "reward_model": 5}).encode(), "missing_field"),
+        (json.dumps(_rl(options="[" * 5000 + "]" * 5000, query_type="multiple_choice", answer="A")).encode(),
+         "bad_field"),  # a JSON string nested past the stack
+        (json.dumps(_rl(meta="[" * 5000 + "]" * 5000)).encode(), "bad_field"),
+        (json.dumps(_rl(answer="[" * 5000 + "]" * 5000, query_type="exact_match")).encode(), ANY),
+        (json.dumps(_rl(options='["a", ' + "1" * 5000 + "]", query_type="multiple_choice", answer="A")).encode(),
+         "bad_field"),
         (json.dumps(verl).encode(), None),
         (json.dumps(_rl()).encode(), None),  # a duplicate of the first record: written, counted
     ]
@@ -783,6 +789,19 @@ def test_compute_score_errors_name_data_source_and_index(extra_info: object) -> 
 
     with pytest.raises(InvalidReference, match=r"data_source='pmc_vqa', index=(7|None)\]"):
         compute_score("pmc_vqa", "<answer>A</answer>", "A", extra_info)
+
+
+def test_review_labels_with_bad_lines_are_skipped(tmp_path: Path, caplog) -> None:
+    from medverl.qc.report import agreement
+
+    labels = tmp_path / "labels.jsonl"
+    labels.write_bytes(b"\n".join([b"{broken", b"5", b'{"source": ["a"]}', b'{"source": "x\xff"}',
+                                    b'{"source": "a.jsonl:1", "human_pass": true}',
+                                    b'{"source": "a.jsonl:2", "human_pass": null}']) + b"\n")
+    sample = [{"source": "a.jsonl:1", "mean": 0.9}, {"source": "a.jsonl:2", "mean": 0.1}]
+    result = agreement(sample, labels, 0.8)
+    assert result["labelled"] == 1 and result["agree"] == 1
+    assert "4 line(s) are not label objects" in caplog.text
 
 
 # --- properties, in process ---------------------------------------------------------------------------------------

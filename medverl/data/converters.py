@@ -185,7 +185,7 @@ def _parse_record_options(value: object) -> list[str]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             raise _fail("bad_field", "options must be a list of option texts or its JSON string") from None
     if isinstance(value, Mapping):  # {"A": "...", "B": "..."}
         keys = sorted(value)
@@ -206,7 +206,7 @@ def _meta(value: object) -> str:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             value = None
     if not isinstance(value, Mapping):
         raise _fail("bad_field", "meta must be an object of facts about the record (or its JSON string)")

@@ -12,14 +12,19 @@ import argparse
 import base64
 import html
 import json
+import logging
 from collections import defaultdict
 from pathlib import Path
 
 
 from medverl.arguments import EXIT_OK
+from medverl.data.job import Rejected
 from medverl.data.prepared import open_prepared
+from medverl.data.records import iter_jsonl, json_object
 from medverl.errors import ConfigError
 from medverl.qc.rules import DIMENSIONS
+
+logger = logging.getLogger(__name__)
 
 BAR_COLOUR = "#d62728"  # histogram bars (the report test looks for this colour)
 HEADER_COLOUR = "#1f77b4"  # sample table header
@@ -66,12 +71,16 @@ def stratified_sample(rows: list[dict], per_stratum: int = 2) -> list[dict]:
 
 def agreement(sample: list[dict], labels_path: str | Path, threshold: float) -> dict:
     """How often reviewers' pass/fail (``human_pass``) matches ``mean >= threshold``, over the labelled records."""
-    labels = {}
-    for line in Path(labels_path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            item = json.loads(line)
-            if isinstance(item.get("human_pass"), bool):
-                labels[item["source"]] = item["human_pass"]
+    labels, unreadable = {}, []
+    for record in iter_jsonl(labels_path):
+        item = json_object(record, ("source",))
+        if isinstance(item, Rejected) or not isinstance(item["source"], str):
+            unreadable.append(record.source)
+        elif isinstance(item.get("human_pass"), bool):
+            labels[item["source"]] = item["human_pass"]
+    if unreadable:
+        logger.warning("%s: %d line(s) are not label objects with a source, skipped: %s", labels_path,
+                       len(unreadable), ", ".join(unreadable[:10]))
     pairs = [(labels[r["source"]], r["mean"] >= threshold) for r in sample if r["source"] in labels]
     if not pairs:
         raise ValueError(f"{labels_path}: no record with a true/false human_pass matches the sample")

@@ -58,7 +58,7 @@ def _parse_options_json(options: str) -> tuple[str, ...]:
         return ()
     try:
         parsed = json.loads(options)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidReference(f"options {options[:80]!r} is not a JSON list of option texts") from exc
     if not isinstance(parsed, list):
         raise InvalidReference(f"options {options[:80]!r} is not a JSON list of option texts")

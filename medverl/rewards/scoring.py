@@ -150,7 +150,7 @@ def _parse_gold_string(ground_truth: str) -> tuple[str, ...]:
     if text.startswith("[") and text.endswith("]"):
         try:
             parsed = json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, too many digits, nested past the stack: one answer
             parsed = None
         if isinstance(parsed, list):
             return _non_blank(tuple(str(g) for g in parsed), ground_truth)
