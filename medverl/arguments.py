@@ -76,11 +76,18 @@ def unit_float(value: str) -> float:
     return number
 
 
+def directory(value: str) -> str:
+    """An argparse type: an existing directory."""
+    if not Path(value).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"must be an existing directory, got {value!r}")
+    return value
+
+
 def add_image_arguments(parser: argparse._ActionsContainer) -> None:
     """Where a record's image files may be read from, and how large they may be."""
     from medverl.data.files import DEFAULT_MAX_IMAGE_BYTES
 
-    parser.add_argument("--image-root", action="append", default=[], metavar="DIR",
+    parser.add_argument("--image-root", action="append", default=[], metavar="DIR", type=directory,
                         help="directory image paths must lie in (after symlinks); relative paths are taken from it; "
                         "repeatable. Without it no image file is read (inline base64 still is)")
     parser.add_argument("--max-image-bytes", type=positive_int, default=DEFAULT_MAX_IMAGE_BYTES,

@@ -764,6 +764,8 @@ def test_workers_die_with_a_killed_parent(world: dict, tmp_path: Path) -> None:
     ["score", "--input", "x.jsonl", "--format-weight", "nan"],
     ["score", "--input", "x.jsonl", "--max-answer-chars", "0"],
     ["dicom", "x.dcm", "--output", "o", "--pixel-limit", "0"],
+    ["prep", "rl", "x.jsonl", "--output", "o", "--image-root", "/nonexistent/images"],
+    ["qc", "score", "rl", "x.jsonl", "--output", "o", "--image-root", "/nonexistent/images"],
 ])
 def test_bad_numbers_are_refused_as_options_are_parsed(argv: list[str], capsys) -> None:
     from medverl.cli import main
