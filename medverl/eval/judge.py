@@ -8,13 +8,12 @@ model). A call that still fails is a judge failure, reported apart from wrong an
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from medverl.qc.judge import Judge, JudgeConfig, JudgeReplyError, VerdictCache
+from medverl.qc.judge import Judge, JudgeConfig, JudgeReplyError, VerdictCache, reply_object
 from medverl.rewards import answer_region
 
 ANSWER_PROMPT = "answer_judge_v1"
@@ -27,16 +26,8 @@ def parse_answer_verdict(content: object) -> dict:
     >>> parse_answer_verdict('{"correct": true, "rationale": "same organ"}')
     {'correct': True, 'rationale': 'same organ'}
     """
-    if not isinstance(content, str):
-        raise JudgeReplyError(f"the message content is {type(content).__name__}, not text")
-    text = content.strip()
-    if text.startswith("```"):
-        text = text.strip("`").removeprefix("json").strip()
-    try:
-        verdict = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise JudgeReplyError(f"not JSON: {str(exc)[:80]}") from None
-    if not isinstance(verdict, dict) or not isinstance(verdict.get("correct"), bool):
+    verdict = reply_object(content)
+    if not isinstance(verdict.get("correct"), bool):
         raise JudgeReplyError("the reply must be a JSON object with a boolean 'correct'")
     rationale = verdict.get("rationale", "")
     return {"correct": verdict["correct"], "rationale": rationale if isinstance(rationale, str) else str(rationale)}

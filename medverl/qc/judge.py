@@ -64,8 +64,8 @@ def reply_content(payload: bytes) -> object:
     return message["content"]
 
 
-def parse_verdict(content: object) -> dict:
-    """The judge's reply as ``{dimension: 1-5, ..., "rationale": str}``; raises :class:`JudgeReplyError`."""
+def reply_object(content: object) -> dict:
+    """A judge reply's JSON object (a fenced code block is unwrapped); raises :class:`JudgeReplyError`."""
     if not isinstance(content, str):
         raise JudgeReplyError(f"the message content is {type(content).__name__}, not text")
     text = content.strip()
@@ -80,6 +80,12 @@ def parse_verdict(content: object) -> dict:
                               ) from None
     if not isinstance(verdict, dict):
         raise JudgeReplyError("not a JSON object")
+    return verdict
+
+
+def parse_verdict(content: object) -> dict:
+    """The judge's reply as ``{dimension: 1-5, ..., "rationale": str}``; raises :class:`JudgeReplyError`."""
+    verdict = reply_object(content)
     for dimension in DIMENSIONS:
         value = verdict.get(dimension)
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 5:
