@@ -35,7 +35,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from medverl.arguments import add_image_arguments, add_plugins, positive_int, print_job
 from medverl.data.converters import CONVERTERS, PrepOptions, Reject

@@ -19,7 +19,7 @@ import os
 import random
 import sys
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from medverl.arguments import (
     positive_int,
     reward_options,
 )
-from medverl.data.job import Job, Rejected, excerpt, fingerprint_inputs
+from medverl.data.job import Job, Rejected, fingerprint_inputs
 from medverl.data.prepared import open_prepared
 from medverl.data.records import iter_jsonl, json_object
 from medverl.errors import ConfigError
