@@ -11,10 +11,7 @@ verl imports :mod:`medverl.cpu.plugin` at start-up in every process (the ``verl.
 nothing unless ``VERL_PLATFORM=cpu``.
 """
 
-import logging
 import os
-
-logger = logging.getLogger(__name__)
 
 # verl's engine registry has no CPU engine: the FSDP engine runs on CPU as it is.
 ENVIRONMENT = {"VERL_PLATFORM": "cpu", "VERL_ENGINE_DEVICE": "cuda"}

@@ -12,7 +12,6 @@ verl's mRoPE index for the sample, which vLLM avoids the same way).
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from typing import Any
 
@@ -20,8 +19,6 @@ import ray
 import torch
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
-
-logger = logging.getLogger(__name__)
 
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 # bytes of weights per Ray call when the actor's weights are sent to the server
