@@ -28,26 +28,24 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return "".join(indent + line for line in text.splitlines(keepends=True))
 
 
-def positive_int(value: str) -> int:
-    """An argparse type: an integer of at least 1."""
+def _integer(value: str, minimum: int, wanted: str) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+        number = minimum - 1
+    if number < minimum:
+        raise argparse.ArgumentTypeError(f"must be {wanted}, got {value!r}")
     return number
+
+
+def positive_int(value: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    return _integer(value, 1, "a positive integer")
 
 
 def non_negative_int(value: str) -> int:
     """An argparse type: an integer of at least 0."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer of 0 or more, got {value!r}")
-    return number
+    return _integer(value, 0, "an integer of 0 or more")
 
 
 def _finite(value: str) -> float:

@@ -2,11 +2,10 @@
 OpenAI-compatible server; failed calls are counted apart from wrong answers and retried on the next run."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from loopback import Endpoint, chat_reply, serve
 
 from medverl.cli import main
 from medverl.eval.judge import parse_answer_verdict
@@ -14,48 +13,25 @@ from medverl.eval.samples import LAYOUTS, write_samples
 from medverl.qc.judge import JudgeReplyError
 
 
-class _Grader(BaseHTTPRequestHandler):
-    calls: list[str] = []
+class _Grader(Endpoint):
+    models = ("grader",)
     fail = True
 
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        text = body["messages"][0]["content"][-1]["text"]
-        type(self).calls.append(text)
+    def answer(self, text: str) -> tuple[int, bytes]:
         answer = text.split("Model's answer: ")[-1].split("\n")[0]
         reference = text.split("Reference answer: ")[-1].split("\n")[0]
         if "BROKEN" in answer and type(self).fail:
-            self.send_response(503)
-            self.end_headers()
-            return
+            return 503, b""
         if "RAMBLE" in answer:
-            content = "I think it is right"  # not the JSON asked for: a failed call after retries
-        else:
-            content = json.dumps({"correct": reference.lower() in answer.lower(), "rationale": "compared"})
-        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def do_GET(self) -> None:
-        payload = json.dumps({"data": [{"id": "grader"}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args) -> None:
-        pass
+            return 200, chat_reply("I think it is right")  # not the JSON asked for: a failed call after retries
+        return 200, chat_reply(json.dumps({"correct": reference.lower() in answer.lower(), "rationale": "compared"}))
 
 
 @pytest.fixture
 def grader_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Grader)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    _Grader.calls, _Grader.fail = [], True
-    yield f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
+    _Grader.fail = True
+    with serve(_Grader) as url:
+        yield url
 
 
 def _answer(text: str) -> str:

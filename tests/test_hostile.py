@@ -21,11 +21,9 @@ import sqlite3
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,6 +31,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from loopback import Endpoint, chat_reply, serve
 from PIL import Image, PngImagePlugin
 
 from medverl.data.converters import CONVERTERS, PrepOptions, Reject
@@ -441,100 +440,64 @@ def test_qc_score_survives_hostile_records(world: dict, tmp_path: Path, kind: st
     _no_outside_bytes(out, world)
 
 
-class _Judge(BaseHTTPRequestHandler):
+class _Judge(Endpoint):
     """A loopback judge whose reply is chosen by a word in the record text."""
 
     protocol_version = "HTTP/1.0"
     verdict = {"medical_correctness": 4, "fluency": 5, "relevance": 3, "completeness": 2, "practicality": 5,
                "rationale": "fine"}
 
-    def do_GET(self) -> None:
-        if self.path != "/v1/models":
-            return self._send(404, b"not found")
-        return self._send(200, json.dumps({"data": [{"id": "vlm"}]}).encode())
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.path != "/v1/chat/completions":
-            return self._send(404, b"not found")
-        text = body["messages"][0]["content"][-1]["text"]
+    def answer(self, text: str) -> tuple[int, bytes] | None:
         if text == "ping":
-            return self._send(200, self._reply(json.dumps(self.verdict)))
+            return 200, chat_reply(json.dumps(self.verdict))
         word = next((w for w in self.REPLIES if w in text), "GOOD")
-        if word == "STALL":  # one byte, then nothing for longer than the deadline
-            self.send_response(200)
-            self.end_headers()
-            try:
+        if word not in ("STALL", "TRICKLE", "HUGE"):
+            return 200, self.REPLIES[word]
+        self.send_response(200)
+        self.end_headers()
+        try:
+            if word == "STALL":  # one byte, then nothing for longer than the deadline
                 self.wfile.write(b"{")
                 self.wfile.flush()
                 time.sleep(4)
-            except OSError:
-                pass
-            return None
-        if word == "TRICKLE":  # one byte at a time, far past the deadline
-            self.send_response(200)
-            self.end_headers()
-            try:
+            elif word == "TRICKLE":  # one byte at a time, far past the deadline
                 for _ in range(100):
                     self.wfile.write(b" ")
                     self.wfile.flush()
                     time.sleep(0.1)
-            except OSError:
-                pass
-            return None
-        if word == "HUGE":  # 5 MB with no length, capped by the client at 1 MB
-            self.send_response(200)
-            self.end_headers()
-            try:
+            else:  # 5 MB with no length, capped by the client at 1 MB
                 for _ in range(5):
                     self.wfile.write(b"x" * (1 << 20))
-            except OSError:
-                pass
-            return None
-        return self._send(200, self.REPLIES[word])
-
-    def _send(self, status: int, payload: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    @staticmethod
-    def _reply(content: object) -> bytes:
-        return json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+        except OSError:
+            pass
+        return None
 
     REPLIES: dict[str, bytes] = {}
 
-    def log_message(self, *args) -> None:
-        pass
-
 
 _Judge.REPLIES = {
-    "NULLCONTENT": _Judge._reply(None),
-    "NESTED": _Judge._reply("[" * 50_000 + "]" * 50_000),
+    "NULLCONTENT": chat_reply(None),
+    "NESTED": chat_reply("[" * 50_000 + "]" * 50_000),
     "NESTEDREPLY": b'{"choices": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
-    "LISTCONTENT": _Judge._reply([{"type": "text", "text": "5"}]),
-    "WRONGTYPES": _Judge._reply(json.dumps({**_Judge.verdict, "fluency": "5"})),
+    "LISTCONTENT": chat_reply([{"type": "text", "text": "5"}]),
+    "WRONGTYPES": chat_reply(json.dumps({**_Judge.verdict, "fluency": "5"})),
     "NOCHOICES": b'{"choices": []}',
     "CHOICESTR": b'{"choices": "yes"}',
     "NOTJSON": b"<html>proxy error</html>",
     "BADUTF8": b'{"choices": [{"message": {"content": "\xff"}}]}',
-    "SURROGATE": _Judge._reply(json.dumps({**_Judge.verdict, "rationale": "\ud800"})),
-    "BIGINT": _Judge._reply('{"fluency": ' + "9" * 5000 + "}"),
+    "SURROGATE": chat_reply(json.dumps({**_Judge.verdict, "rationale": "\ud800"})),
+    "BIGINT": chat_reply('{"fluency": ' + "9" * 5000 + "}"),
     "TRICKLE": b"",
     "STALL": b"",
     "HUGE": b"",
-    "GOOD": _Judge._reply(json.dumps(_Judge.verdict)),
+    "GOOD": chat_reply(json.dumps(_Judge.verdict)),
 }
 
 
 @pytest.fixture
 def judge_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
+    with serve(_Judge) as url:
+        yield url
 
 
 def test_judge_replies_of_every_shape_fail_alone(world: dict, tmp_path: Path, judge_server: str) -> None:

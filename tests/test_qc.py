@@ -4,13 +4,12 @@ malformed, failing replies), cache hits, filtering with subsets and accounting, 
 import json
 import shutil
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
+from loopback import Endpoint, chat_reply, serve
 from PIL import Image
 from pydicom.data import get_testdata_file
 
@@ -129,50 +128,25 @@ def test_rules_score_filter_and_accounting(images: Path, tmp_path: Path, capsys)
     assert "holds qc_kept data" in capsys.readouterr().err
 
 
-class _Judge(BaseHTTPRequestHandler):
+class _Judge(Endpoint):
     """A loopback OpenAI-compatible endpoint whose reply depends on the record text."""
 
-    calls: list[str] = []
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        text = body["messages"][0]["content"][-1]["text"]
-        _Judge.calls.append(text)
+    def answer(self, text: str) -> tuple[int, bytes]:
         if "SERVER-ERROR" in text:
-            self.send_response(500)
-            self.end_headers()
-            return
+            return 500, b""
         if "SLOW" in text:
             time.sleep(0.3)
-        content = "sure! here you go" if "MALFORMED" in text else json.dumps(
+        if "MALFORMED" in text:
+            return 200, chat_reply("sure! here you go")
+        return 200, chat_reply(json.dumps(
             {"medical_correctness": 4, "fluency": 5, "relevance": 3, "completeness": 2, "practicality": 5,
-             "rationale": "incomplete impression"})
-        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def do_GET(self) -> None:  # the preflight's model listing
-        payload = json.dumps({"object": "list", "data": [{"id": "vlm", "object": "model"}]}).encode()
-        self.send_response(200 if self.path == "/v1/models" else 404)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args) -> None:
-        pass
+             "rationale": "incomplete impression"}))
 
 
 @pytest.fixture
 def judge_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    _Judge.calls = []
-    yield f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
+    with serve(_Judge) as url:
+        yield url
 
 
 def test_judge_over_http_with_failures_and_cache(images: Path, tmp_path: Path, judge_url: str) -> None:
