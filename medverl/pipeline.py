@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
+from omegaconf import DictConfig
 
 from medverl.data.prepared import PreparedError, check_reward_options, open_prepared
 from medverl.training.metrics import StageLog, draw_curves, gather, keep_aside, metric_parts, summary_table
@@ -163,12 +164,16 @@ class Pipeline:
             launcher = self.launchers.get("sft") or self._torchrun(environ if environ is not None else os.environ)
             val = f"data.val_files={_hydra_list(self._parquet(stage.val))}" if stage.val else "data.val_files=null"
             specific = [f"model.path={model}", val]
-        device = []
+        return [*launcher, *common, *specific, *self._overrides(stage)]
+
+    def _overrides(self, stage: Stage) -> list[str]:
+        """The device's overrides (none on CUDA), then the stage's own, which win."""
+        device: tuple[str, ...] = ()
         if self.device == "cpu":
             from medverl.cpu import PPO_OVERRIDES, SFT_OVERRIDES
 
-            device = list(PPO_OVERRIDES if trainer == "ppo" else SFT_OVERRIDES)
-        return [*launcher, *common, *specific, *device, *stage.overrides]
+            device = PPO_OVERRIDES if self.trainer(stage) == "ppo" else SFT_OVERRIDES
+        return [*device, *stage.overrides]
 
     def environment(self, stage: Stage) -> dict[str, str]:
         """The environment a stage's trainer runs in: verl's file logger to the stage's metrics, CPU platform."""
@@ -190,31 +195,31 @@ class Pipeline:
     def check_environment(self) -> list[str]:
         """What this machine lacks to run the stages with the default launchers (empty when nothing)."""
         trainers = {self.trainer(s) for s in self.stages} - set(self.launchers)
-        return environment_problems(self.device, trainers, self.gpus_per_node, self.ppo_rollout())
+        rollouts = {str(self.stage_config(s).actor_rollout_ref.rollout.name)
+                    for s in self.stages if self.trainer(s) == "ppo" and "ppo" in trainers}
+        return environment_problems(self.device, trainers, self.gpus_per_node, rollouts)
 
-    def ppo_rollout(self) -> str | None:
-        """The rollout backend of the GRPO stages (``hf`` on CPU), None without one."""
-        for stage in self.stages:
-            if self.trainer(stage) == "ppo":
-                if self.device == "cpu":
-                    return "hf"
-                named = [o.split("=", 1)[1] for o in stage.overrides
-                         if o.lstrip("+").startswith("actor_rollout_ref.rollout.name=")]
-                rollout = (self._recipe(stage).get("actor_rollout_ref") or {}).get("rollout") or {}
-                return named[-1] if named else str(rollout.get("name", "vllm"))
-        return None
-
-    def reward_kwargs(self, stage: Stage) -> dict:
-        """The reward_kwargs a GRPO stage runs with: its recipe composed with verl's configs and its overrides."""
+    def stage_config(self, stage: Stage) -> DictConfig:
+        """A stage's recipe composed with verl's configs, the device's overrides and the stage's own."""
         from hydra import compose, initialize_config_dir
         from hydra.core.global_hydra import GlobalHydra
-        from omegaconf import OmegaConf
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
 
         GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(self.recipes.resolve()), version_base=None):
-            cfg = compose(stage.recipe, overrides=[o for o in stage.overrides if o.lstrip("+").startswith("reward.")])
-        GlobalHydra.instance().clear()
-        kwargs = OmegaConf.select(cfg, "reward.custom_reward_function.reward_kwargs", default=None)
+        try:
+            with initialize_config_dir(config_dir=str(self.recipes.resolve()), version_base=None):
+                return compose(stage.recipe, overrides=self._overrides(stage))
+        except (HydraException, OmegaConfBaseException) as exc:  # they say which override is wrong
+            raise PipelineError(f"stage {stage.name}: its recipe and overrides do not compose: {exc}") from None
+        finally:
+            GlobalHydra.instance().clear()
+
+    def reward_kwargs(self, stage: Stage) -> dict:
+        """The reward_kwargs a GRPO stage runs with."""
+        from omegaconf import OmegaConf
+
+        kwargs = OmegaConf.select(self.stage_config(stage), "reward.custom_reward_function.reward_kwargs")
         return OmegaConf.to_container(kwargs) if kwargs is not None else {}
 
     def check_data(self) -> list[str]:
@@ -274,7 +279,7 @@ class Pipeline:
         return (*args, "-m", "verl.trainer.sft_trainer")
 
 
-def environment_problems(device: str, trainers: set[str], processes: int, rollout: str | None) -> list[str]:
+def environment_problems(device: str, trainers: set[str], processes: int, rollouts: set[str]) -> list[str]:
     """What a machine lacks to run verl's trainers on `device` (empty when nothing), each with its fix."""
     import importlib.util
     from importlib.metadata import entry_points
@@ -302,7 +307,7 @@ def environment_problems(device: str, trainers: set[str], processes: int, rollou
                         "the pipeline on this CPU with --cpu and a small model (README: train on a laptop first)")
     elif torch.cuda.device_count() < processes:
         problems.append(f"gpus_per_node is {processes} but {torch.cuda.device_count()} CUDA devices are visible")
-    if "ppo" in trainers and rollout == "vllm" and missing("vllm"):
+    if "vllm" in rollouts and missing("vllm"):
         problems.append("the GRPO stage rolls out with vLLM, which is not installed: pip install -e '.[train]'")
     if missing("flash_attn"):
         problems.append("flash-attn is not installed; the recipes pack sequences with it (model.use_remove_padding): "
