@@ -143,15 +143,15 @@ def draw_curves(rows: Sequence[dict], path: Path) -> Path | None:
 
 def summary_table(rows: Sequence[dict], seconds: dict[str, float]) -> str:
     """A markdown table per stage: wall time, steps, first and last loss, last reward mean and format rate."""
-    def last(stage: str, key: str, first: bool = False) -> str:
+    def value(stage: str, key: str, at: int = -1) -> str:
         _, values = _series(rows, stage, key)
-        return f"{values[0 if first else -1]:.4g}" if values else ""
+        return f"{values[at]:.4g}" if values else ""
 
     lines = ["| stage | wall s | steps | first loss | last loss | last reward mean | last format rate |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for stage in dict.fromkeys(r["stage"] for r in rows):
         steps = sum(r["stage"] == stage and r["step"] > 0 for r in rows)  # step 0: validation before training
         wall = f"{seconds[stage]:.0f}" if stage in seconds else ""
-        lines.append(f"| {stage} | {wall} | {steps} | {last(stage, LOSS, first=True)} | {last(stage, LOSS)} | "
-                     f"{last(stage, REWARD_MEAN)} | {last(stage, FORMAT_RATE)} |")
+        lines.append(f"| {stage} | {wall} | {steps} | {value(stage, LOSS, 0)} | {value(stage, LOSS)} | "
+                     f"{value(stage, REWARD_MEAN)} | {value(stage, FORMAT_RATE)} |")
     return "\n".join(lines) + "\n"
