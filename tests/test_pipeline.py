@@ -217,6 +217,7 @@ def test_a_changed_finished_stage_needs_from(workdir: Path, capsys) -> None:
          "stage rl: its recipe and overrides do not compose: .*no_such_key"),
         ({"stages": [{"name": "x", "train": ["data/sft"]}]}, "stage 0 needs name, recipe, train"),
         ({"gpu_per_node": 2}, r"unknown key\(s\) \['gpu_per_node'\]"),
+        ({"device": "tpu"}, "device must be one of cuda, cpu, got 'tpu'"),
     ],
 )
 def test_bad_pipelines_fail_before_anything_runs(workdir: Path, change: dict, error: str) -> None:
