@@ -179,6 +179,13 @@ def _options_text(options: list[str]) -> str:
     return "".join(f"\n{LETTERS[i]}. {text}" for i, text in enumerate(options))
 
 
+def render_prompt(template: str, question: str, choices: list[str], query_type: str) -> str:
+    """The user turn of an RL row: `template` filled with the question, its lettered options and the answer hint."""
+    return template.format(
+        question=question, options=_options_text(choices), answer_hint=ANSWER_HINTS.get(str(query_type), "")
+    ).strip()
+
+
 def _parse_record_options(value: object) -> list[str]:
     if value is None or value == "":
         return []
@@ -254,9 +261,7 @@ def convert_rl(record: Mapping, index: int, source: str, options: PrepOptions) -
         question = IMAGE_PLACEHOLDER * len(references) + ("\n" if references else "") + question
     _check_placeholders([question], len(references))
     asked = question + _options_text(choices)
-    user = options.template.format(
-        question=question, options=_options_text(choices), answer_hint=ANSWER_HINTS.get(str(query_type), "")
-    ).strip()
+    user = render_prompt(options.template, question, choices, str(query_type))
     prompt = []
     if system := _text(record, "system_prompt", required=False):
         prompt.append({"role": "system", "content": system})

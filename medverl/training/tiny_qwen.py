@@ -48,7 +48,18 @@ _CORPUS = (
 )
 
 
-def build_tiny_tokenizer(vocab_size: int = 600) -> Qwen2Tokenizer:
+def _corpus() -> tuple[str, ...]:
+    """What the merges are learnt from: medical phrases, the RL prompt template, its answer hints and the bundled
+    synthetic task's texts, so that the example's prompts and answers are a few tokens each, as with a real
+    tokenizer."""
+    from medverl.prompts import ANSWER_HINTS, load_template
+    from medverl.training.synthetic_task import vocabulary
+
+    return (*_CORPUS, load_template("think_answer"), *ANSWER_HINTS.values(), *vocabulary(),
+            "<answer>A</answer>", "<answer>B</answer>", "<answer>C</answer>")
+
+
+def build_tiny_tokenizer(vocab_size: int = 1000) -> Qwen2Tokenizer:
     """A byte-level BPE with Qwen's special tokens first, wrapped as ``Qwen2Tokenizer`` with a ChatML template."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -59,7 +70,7 @@ def build_tiny_tokenizer(vocab_size: int = 600) -> Qwen2Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(_CORPUS * 4, trainer)
+    bpe.train_from_iterator(_corpus() * 4, trainer)
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
     tokenizer = Qwen2Tokenizer(
