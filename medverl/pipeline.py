@@ -357,7 +357,8 @@ def _report(pipeline: Pipeline, state: dict, out) -> None:
         if pipeline.trainer(stage) == "ppo":
             options = pipeline.reward_kwargs(stage)
             logs.append(StageLog(stage.name, "ppo", pipeline.metrics_log(stage), pipeline.rollouts(stage),
-                                 bool(options.get("think_prefilled")), bool(options.get("require_think"))))
+                                 bool(options.get("think_prefilled")), bool(options.get("require_think")),
+                                 float(options.get("format_weight", 0.1))))
         else:
             logs.append(StageLog(stage.name, "sft", pipeline.metrics_log(stage)))
     if not logs:
