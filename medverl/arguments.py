@@ -15,7 +15,7 @@ EXIT_OK, EXIT_NOTHING_USABLE, EXIT_USAGE = 0, 1, 2
 EXIT_STATUS = """exit status, the same for every command:
   0  complete, with something written or scored
   1  complete, with nothing usable (every record rejected, every judge call failed), or with bad rows where every
-     row counts (score, eval score, rewards check, validate)
+     row counts (score, eval score, eval run, rewards check, validate)
   2  a usage or configuration error (a missing input, a directory in use, options that do not fit the data)
 an unexpected error prints its traceback"""
 _REWARD_DEFAULTS = {f.name: f.default for f in fields(RewardOptions)}

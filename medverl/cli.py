@@ -30,7 +30,7 @@ def _group(sub: argparse._SubParsersAction, name: str, help: str) -> argparse._S
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``medverl`` subcommand."""
     from medverl.data import dicom, references, runner, validate
-    from medverl.eval import decontaminate, prepare, run, score
+    from medverl.eval import decontaminate, prepare, run, score, stage
     from medverl.qc import filter as qc_filter
     from medverl.qc import job as qc_job
     from medverl.qc import report as qc_report
@@ -53,10 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add(sub, "dicom", "convert DICOM files to the 8-bit PNGs training sees, with a JSON sidecar of window and "
          "metadata", dicom.add_arguments, dicom.run_command)
 
-    evaluation = _group(sub, "eval", "medical benchmarks: prepare, generate, score, decontaminate")
+    evaluation = _group(sub, "eval", "medical benchmarks: prepare, generate, score, compare checkpoints, decontaminate")
     _add(evaluation, "prepare", "a benchmark's public distribution to RL parquet", prepare.add_arguments,
          prepare.run_command)
-    _add(evaluation, "run", "generate answers with vLLM (GPU)", run.add_arguments, run.run_command)
+    _add(evaluation, "run", "generate greedy answers with vLLM (GPU) or transformers (CPU)", run.add_arguments,
+         run.run_command)
+    _add(evaluation, "checkpoints", "generate and score several checkpoints on several benchmarks: one table, a row "
+         "per checkpoint; resumable", stage.add_arguments, stage.run_command)
     _add(evaluation, "score", "score predictions; the seed's table, per-sample JSONL, a chart", score.add_arguments,
          score.run_command)
     _add(evaluation, "decontaminate", "training rows whose image or question is in an evaluation set",

@@ -6,6 +6,11 @@ is the next stage's starting point. Finished stages are recorded in ``OUTPUT/pip
 same command resumes at the first unfinished stage (verl itself resumes that stage from its last checkpoint). Data is checked before anything runs: every directory must be a
 complete ``medverl prep`` job of the kind the recipe trains on, prepared with the stage's ``max_pixels`` (the
 low-to-high resolution schedule).
+
+An eval stage (``kind: eval``) generates greedy answers with the starting model and every earlier stage's saved
+model (or the ``checkpoints`` it names) on prepared benchmarks and scores them (``medverl eval checkpoints``): one
+table, a row per checkpoint and a column per benchmark, written beside ``curves.png`` (``eval_table.md``, ``.png``,
+``.json``) and added to ``summary.md``. Its benchmarks and checkpoints are checked before anything runs too.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -26,6 +32,7 @@ import yaml
 from omegaconf import DictConfig
 
 from medverl.data.prepared import PreparedError, check_reward_options, open_prepared
+from medverl.eval.stage import TABLE_FILES, TABLE_MD
 from medverl.training.metrics import StageLog, draw_curves, gather, keep_aside, metric_parts, summary_table
 
 logger = logging.getLogger(__name__)
@@ -55,6 +62,57 @@ class Stage:
     overrides: tuple[str, ...] = ()
 
 
+BASE = "base"  # an eval stage's name for the pipeline's starting model
+EVAL_KEYS = {"name", "kind", "benchmarks", "checkpoints", "max_tokens", "batch_size"}
+
+
+@dataclass(frozen=True)
+class EvalStage:
+    """An evaluation stage: checkpoints generated for and scored on prepared benchmarks, one table
+    (:mod:`medverl.eval.stage`).
+
+    Attributes:
+        benchmarks: ``(label, prepared RL directory)`` pairs, the table's columns.
+        checkpoints: ``(label, ref)`` pairs, the table's rows; a ref is ``base`` (the pipeline's model), an earlier
+            stage's name (the model it saves) or a model directory. Empty: ``base`` and every earlier training stage.
+        max_tokens, batch_size: as ``medverl eval run``'s (batch_size None: the backend's default).
+    """
+
+    name: str
+    benchmarks: tuple[tuple[str, str], ...]
+    checkpoints: tuple[tuple[str, str], ...] = ()
+    max_tokens: int = 2048
+    batch_size: int | None = None
+
+
+def _labelled(value: object, what: str, where: str) -> tuple[tuple[str, str], ...]:
+    """A YAML list (each item its own label, a directory's name for paths) or mapping ``{label: item}``."""
+    if isinstance(value, dict):
+        pairs = [(str(k), str(v)) for k, v in value.items()]
+    elif isinstance(value, list | tuple):
+        pairs = [(Path(str(v)).name if what == "benchmarks" else str(v), str(v)) for v in value]
+    else:
+        raise PipelineError(f"{where}: '{what}' must be a list or a mapping of label: {what[:-1]}, got {value!r}")
+    labels = [label for label, _ in pairs]
+    if len(set(labels)) != len(labels):
+        raise PipelineError(f"{where}: the labels of '{what}' must be distinct, got {labels}")
+    return tuple(pairs)
+
+
+def _eval_stage(spec: dict, where: str) -> EvalStage:
+    if set(spec) - EVAL_KEYS or not {"name", "benchmarks"} <= set(spec):
+        raise PipelineError(f"{where}: an eval stage needs name, kind: eval, benchmarks (and may have checkpoints, "
+                            f"max_tokens, batch_size); got {spec!r}")
+    for key in ("max_tokens", "batch_size"):
+        if key in spec and (not isinstance(spec[key], int) or isinstance(spec[key], bool) or spec[key] < 1):
+            raise PipelineError(f"{where}: {key} must be a positive integer, got {spec[key]!r}")
+    if not spec["benchmarks"]:
+        raise PipelineError(f"{where}: 'benchmarks' is empty")
+    return EvalStage(str(spec["name"]), _labelled(spec["benchmarks"], "benchmarks", where),
+                     _labelled(spec.get("checkpoints") or [], "checkpoints", where),
+                     spec.get("max_tokens", 2048), spec.get("batch_size"))
+
+
 @dataclass(frozen=True)
 class Pipeline:
     """A pipeline file: the starting model, the machines, and the stages in order.
@@ -62,19 +120,20 @@ class Pipeline:
     Attributes:
         model: the starting model (hub id or directory).
         output: where checkpoints, logs, stage models and the state file go.
-        stages: run in this order.
+        stages: run in this order: training stages, and eval stages (:class:`EvalStage`).
         nnodes, gpus_per_node: the machines every stage uses.
         image_patch_size: 16 for Qwen3-VL, 14 for Qwen2.5-VL (verl's RL dataset needs it).
         recipes: the recipe directory (default: this repository's ``recipes/``).
         launchers: the command that starts each trainer, ``sft`` and ``ppo`` (default: this Python's torchrun and
-            ``python -m verl.trainer.main_ppo``).
+            ``python -m verl.trainer.main_ppo``), and ``eval`` (default: ``python -m medverl``, given
+            ``eval checkpoints ...``).
         device: "cuda", or "cpu" for verl's trainers on CPU (:mod:`medverl.cpu`; ``gpus_per_node`` then counts
             trainer processes).
     """
 
     model: str
     output: Path
-    stages: tuple[Stage, ...]
+    stages: tuple[Stage | EvalStage, ...]
     nnodes: int = 1
     gpus_per_node: int = 8
     image_patch_size: int = 14
@@ -95,6 +154,13 @@ class Pipeline:
                 raise PipelineError(f"{path}: '{key}' is required")
         stages = []
         for i, spec in enumerate(raw["stages"]):
+            if isinstance(spec, dict) and spec.get("kind", "train") != "train":
+                if spec["kind"] != "eval":
+                    raise PipelineError(f"{path}: stage {i}: kind must be train (the default) or eval, got "
+                                        f"{spec['kind']!r}")
+                stages.append(_eval_stage(spec, f"{path}: stage {i}"))
+                continue
+            spec = {k: v for k, v in spec.items() if k != "kind"} if isinstance(spec, dict) else spec
             stage_keys = {"name", "recipe", "train", "val", "max_pixels", "overrides"}
             if not isinstance(spec, dict) or not {"name", "recipe", "train"} <= set(spec) or set(spec) - stage_keys:
                 raise PipelineError(f"{path}: stage {i} needs name, recipe, train (and may have val, max_pixels, "
@@ -109,6 +175,8 @@ class Pipeline:
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
             raise PipelineError(f"{path}: stage names must be unique, got {names}")
+        if BASE in names and any(isinstance(s, EvalStage) for s in stages):
+            raise PipelineError(f"{path}: an eval stage calls the starting model '{BASE}': name no stage {BASE}")
         model = str(raw["model"])
         if Path(model).is_dir():  # a local model: absolute, because verl's Ray workers have their own directory
             model = str(Path(model).resolve())
@@ -121,9 +189,16 @@ class Pipeline:
             device=device,
         )
 
-    def trainer(self, stage: Stage) -> str:
-        """"ppo" for recipes built on verl's ppo_trainer, else "sft"."""
+    def trainer(self, stage: Stage | EvalStage) -> str:
+        """"ppo" for recipes built on verl's ppo_trainer, "eval" for an eval stage, else "sft"."""
+        if isinstance(stage, EvalStage):
+            return "eval"
         return "ppo" if "ppo_trainer" in self._recipe(stage).get("defaults", []) else "sft"
+
+    @property
+    def training_stages(self) -> tuple[Stage, ...]:
+        """The stages that train (every stage but the eval stages), in order."""
+        return tuple(s for s in self.stages if isinstance(s, Stage))
 
     def data_kind(self, stage: Stage) -> str:
         """The ``medverl prep`` output kind a stage trains on: rl, cpt or sft."""
@@ -137,12 +212,47 @@ class Pipeline:
         return self.output / stage.name / "model"
 
     def input_model(self, index: int) -> str:
-        """The model stage `index` starts from: the pipeline's, then each previous stage's ``model`` link."""
-        return self.model if index == 0 else str(self.stage_model(self.stages[index - 1]))
+        """The model stage `index` starts from: the pipeline's, then each previous training stage's ``model`` link."""
+        earlier = [s for s in self.stages[:index] if isinstance(s, Stage)]
+        return str(self.stage_model(earlier[-1])) if earlier else self.model
+
+    def _eval_refs(self, index: int) -> tuple[tuple[str, str], ...]:
+        """Eval stage `index`'s ``(label, ref)`` pairs: its ``checkpoints``, or ``base`` and every earlier training
+        stage."""
+        earlier = [s.name for s in self.stages[:index] if isinstance(s, Stage)]
+        return self.stages[index].checkpoints or tuple((name, name) for name in (BASE, *earlier))
+
+    def eval_checkpoints(self, index: int) -> list[tuple[str, str]]:
+        """The ``(label, model)`` pairs eval stage `index` evaluates (see :meth:`_eval_refs`); a ref that is neither
+        ``base`` nor an earlier training stage is a model directory (or hub id)."""
+        earlier = {s.name: str(self.stage_model(s)) for s in self.stages[:index] if isinstance(s, Stage)}
+        return [(label, self.model if ref == BASE else earlier.get(ref, ref)) for label, ref in self._eval_refs(index)]
+
+    def eval_backend(self) -> str:
+        """The backend eval stages generate with: hf on CPU; on CUDA vLLM when it is installed, else hf."""
+        from medverl.eval.run import resolve_backend
+
+        return "hf" if self.device == "cpu" else resolve_backend("auto")
+
+    def _eval_command(self, index: int) -> list[str]:
+        stage = self.stages[index]
+        launcher = self.launchers.get("eval") or (sys.executable, "-m", "medverl")
+        command = [*launcher, "eval", "checkpoints", *(f"--model={label}={model}"
+                                                      for label, model in self.eval_checkpoints(index)),
+                   "--data", *(f"{label}={directory}" for label, directory in stage.benchmarks),
+                   "--output", str(self.output / stage.name), "--backend", self.eval_backend(),
+                   "--max-tokens", str(stage.max_tokens)]
+        if stage.batch_size is not None:
+            command += ["--batch-size", str(stage.batch_size)]
+        if self.device == "cpu":
+            command += ["--device", "cpu"]
+        return command
 
     def command(self, index: int, environ: dict[str, str] | None = None) -> list[str]:
         """The exact command line of stage `index`."""
         stage = self.stages[index]
+        if isinstance(stage, EvalStage):
+            return self._eval_command(index)
         model = self.input_model(index)
         trainer = self.trainer(stage)
         common = [
@@ -177,6 +287,8 @@ class Pipeline:
 
     def environment(self, stage: Stage) -> dict[str, str]:
         """The environment a stage's trainer runs in: verl's file logger to the stage's metrics, CPU platform."""
+        if isinstance(stage, EvalStage):
+            return {}
         env = {"VERL_FILE_LOGGER_PATH": str(self.metrics_log(stage))}
         if self.device == "cpu":
             from medverl.cpu import ENVIRONMENT
@@ -197,7 +309,16 @@ class Pipeline:
         trainers = {self.trainer(s) for s in self.stages} - set(self.launchers)
         rollouts = {str(self.stage_config(s).actor_rollout_ref.rollout.name)
                     for s in self.stages if self.trainer(s) == "ppo" and "ppo" in trainers}
-        return environment_problems(self.device, trainers, self.gpus_per_node, rollouts)
+        problems = environment_problems(self.device, trainers - {"eval"}, self.gpus_per_node, rollouts)
+        if "eval" in trainers:
+            import importlib.util
+
+            lacking = [m for m in ("torch", "torchvision") if importlib.util.find_spec(m) is None]
+            if lacking and not any(p.startswith(lacking[-1]) for p in problems):
+                problems.append(f"an eval stage generates with transformers and reads images with qwen_vl_utils, "
+                                f"which need {' and '.join(lacking)}: install the torch and torchvision pair of "
+                                "scripts/setup.sh")
+        return problems
 
     def stage_config(self, stage: Stage) -> DictConfig:
         """A stage's recipe composed with verl's configs, the device's overrides and the stage's own."""
@@ -228,7 +349,7 @@ class Pipeline:
         ``max_pixels``; GRPO data's prompt template fits the stage's reward options."""
         problems = []
         previous_pixels = None
-        for stage in self.stages:
+        for stage in self.training_stages:
             kind = self.data_kind(stage)
             reward_kwargs = self.reward_kwargs(stage) if kind == "rl" else None
             for directory in (*stage.train, *stage.val):
@@ -249,6 +370,40 @@ class Pipeline:
                     logger.warning("stage %s lowers max_pixels (%d < %d): the schedule is not low-to-high",
                                    stage.name, stage.max_pixels, previous_pixels)
                 previous_pixels = stage.max_pixels
+        return problems + self.check_evaluations()
+
+    def check_evaluations(self) -> list[str]:
+        """Problems of the eval stages (empty when none), checked before anything runs: every benchmark is a
+        complete prepared RL directory; every checkpoint is the starting model, an earlier training stage's model,
+        or a model directory that exists."""
+        from medverl.errors import ConfigError
+        from medverl.eval.run import check_model_directory
+
+        problems = []
+        for index, stage in enumerate(self.stages):
+            if not isinstance(stage, EvalStage):
+                continue
+            for label, directory in stage.benchmarks:
+                try:
+                    open_prepared(directory, ("rl",))
+                except PreparedError as exc:
+                    problems.append(f"stage {stage.name} (eval): benchmark {label}: {exc}")
+            earlier = {s.name for s in self.stages[:index] if isinstance(s, Stage)}  # they make their models
+            others = {s.name: i for i, s in enumerate(self.stages)}
+            for (label, ref), (_, model) in zip(self._eval_refs(index), self.eval_checkpoints(index), strict=True):
+                if ref in earlier:
+                    continue
+                if ref in others:
+                    what = "an eval stage" if isinstance(self.stages[others[ref]], EvalStage) else "a later stage"
+                    problems.append(f"stage {stage.name} (eval): checkpoint {label} is {ref}, {what}: only the "
+                                    f"starting model ({BASE}) and the stages before it have a model to evaluate")
+                    continue
+                try:
+                    check_model_directory(model)
+                except ConfigError as exc:
+                    what = "the starting model" if ref == BASE else "no earlier stage makes it and"
+                    problems.append(f"stage {stage.name} (eval): checkpoint {label}: {what} "
+                                    f"{str(exc).removeprefix('--model ')}")
         return problems
 
     def _recipe(self, stage: Stage) -> dict:
@@ -351,7 +506,7 @@ def _save_state(pipeline: Pipeline, state: dict) -> None:
 def _report(pipeline: Pipeline, state: dict, out) -> None:
     """Gather every stage's metrics into OUTPUT/metrics.jsonl, draw OUTPUT/curves.png, write OUTPUT/summary.md."""
     logs = []
-    for stage in pipeline.stages:
+    for stage in pipeline.training_stages:
         if not any(metric_parts(pipeline.metrics_log(stage))):
             continue
         if pipeline.trainer(stage) == "ppo":
@@ -361,14 +516,43 @@ def _report(pipeline: Pipeline, state: dict, out) -> None:
                                  float(options.get("format_weight", 0.1))))
         else:
             logs.append(StageLog(stage.name, "sft", pipeline.metrics_log(stage)))
-    if not logs:
+    evaluations = [f"## Evaluation: {stage.name}\n\n" + table.read_text(encoding="utf-8")
+                   for stage in pipeline.stages if isinstance(stage, EvalStage) and stage.name in state["stages"]
+                   and (table := pipeline.output / stage.name / TABLE_MD).is_file()]
+    if not logs and not evaluations:
         return
-    rows = gather(logs, pipeline.output / "metrics.jsonl")
-    curves = draw_curves(rows, pipeline.output / "curves.png")
-    table = summary_table(rows, state.get("seconds", {}))
+    table = ""
+    if logs:
+        rows = gather(logs, pipeline.output / "metrics.jsonl")
+        curves = draw_curves(rows, pipeline.output / "curves.png")
+        table = summary_table(rows, state.get("seconds", {}))
+        print(f"metrics -> {pipeline.output / 'metrics.jsonl'}" + (f", curves -> {curves}" if curves else ""), file=out)
+    table = "\n".join([table, *evaluations]).lstrip("\n")
     (pipeline.output / "summary.md").write_text(table, encoding="utf-8")
-    print(f"metrics -> {pipeline.output / 'metrics.jsonl'}" + (f", curves -> {curves}" if curves else ""), file=out)
     print(table, file=out, flush=True)
+
+
+def _missing_models(pipeline: Pipeline, state: dict) -> list[str]:
+    """Models of finished stages that a stage still to run needs and that are gone from disk."""
+    problems = []
+    for index, stage in enumerate(pipeline.stages):
+        if stage.name in state["stages"]:
+            continue
+        needed = ({m for _, m in pipeline.eval_checkpoints(index)} if isinstance(stage, EvalStage)
+                  else {pipeline.input_model(index)})
+        for earlier in pipeline.training_stages:
+            model = pipeline.stage_model(earlier)
+            if earlier.name in state["stages"] and str(model) in needed and not model.exists():
+                problems.append(f"stage {stage.name} needs the model of stage {earlier.name}, finished before, but "
+                                f"{model} is gone: rerun it with --from {earlier.name}")
+    return problems
+
+
+def _publish_eval_table(pipeline: Pipeline, stage: EvalStage) -> Path:
+    """Copy an eval stage's table beside curves.png (OUTPUT/eval_table.md, .png, .json); returns the markdown's path."""
+    for name in TABLE_FILES:
+        shutil.copyfile(pipeline.output / stage.name / name, pipeline.output / name)
+    return pipeline.output / TABLE_MD
 
 
 def run_pipeline(pipeline: Pipeline, *, dry_run: bool = False, restart_from: str | None = None, out=None) -> int:
@@ -397,10 +581,18 @@ def run_pipeline(pipeline: Pipeline, *, dry_run: bool = False, restart_from: str
                 kept = stage_dir.with_name(f"{name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
                 stage_dir.rename(kept)
                 print(f"[{name}] previous run moved to {kept}", file=out)
+            if isinstance(pipeline.stages[names.index(name)], EvalStage) and not dry_run:
+                for table in TABLE_FILES:  # the table will be made again; until then it would be stale
+                    (pipeline.output / table).unlink(missing_ok=True)
+    if problems := _missing_models(pipeline, state):
+        raise PipelineError("a model a stage needs is missing:\n" + "\n".join(f"  - {p}" for p in problems))
     for index, stage in enumerate(pipeline.stages):
         command = pipeline.command(index)
         # what makes a finished stage the same stage (not the interpreter or launcher that ran it)
-        spec = json.loads(json.dumps({**asdict(stage), "model": pipeline.input_model(index)}))
+        if isinstance(stage, EvalStage):
+            spec = json.loads(json.dumps({**asdict(stage), "models": pipeline.eval_checkpoints(index)}))
+        else:
+            spec = json.loads(json.dumps({**asdict(stage), "model": pipeline.input_model(index)}))
         done = state["stages"].get(stage.name)
         if done is not None:
             if done["spec"] != spec:
@@ -408,14 +600,19 @@ def run_pipeline(pipeline: Pipeline, *, dry_run: bool = False, restart_from: str
                     f"stage {stage.name} was finished with another configuration ({pipeline.output / STATE}); "
                     f"rerun it and the stages after it with --from {stage.name}, or use a new output directory"
                 )
-            print(f"[{stage.name}] finished before, model {done['model']}", file=out)
+            print(f"[{stage.name}] finished before, " + (f"table {done['table']}" if "table" in done
+                                                         else f"model {done['model']}"), file=out)
             continue
+        if isinstance(stage, EvalStage):
+            print(f"[{stage.name}] evaluates {', '.join(f'{c} ({m})' for c, m in pipeline.eval_checkpoints(index))} "
+                  f"on {', '.join(f'{b} ({d})' for b, d in stage.benchmarks)}", file=out)
         print(f"[{stage.name}] {shlex.join(command)}", file=out, flush=True)
         if dry_run:
             continue
         log = pipeline.output / "logs" / f"{stage.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        keep_aside(pipeline.metrics_log(stage))
+        if not isinstance(stage, EvalStage):
+            keep_aside(pipeline.metrics_log(stage))
         started = time.monotonic()
         with log.open("w", encoding="utf-8") as sink:
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
@@ -431,6 +628,13 @@ def run_pipeline(pipeline: Pipeline, *, dry_run: bool = False, restart_from: str
             _report(pipeline, state, out)
             raise StageFailed(f"stage {stage.name} failed (exit code {code}); its log: {log}. Fix the cause and "
                               "run the same command again: finished stages are kept")
+        if isinstance(stage, EvalStage):
+            table = _publish_eval_table(pipeline, stage)
+            state["stages"][stage.name] = {"spec": spec, "table": str(pipeline.output / stage.name / TABLE_MD)}
+            _save_state(pipeline, state)
+            _report(pipeline, state, out)
+            print(f"[{stage.name}] done, table {table}", file=out, flush=True)
+            continue
         model = _saved_model(pipeline, stage)
         link = pipeline.stage_model(stage)
         if link.is_symlink() or link.exists():

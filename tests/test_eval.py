@@ -1,6 +1,7 @@
 """Evaluation end to end: each benchmark's real on-disk layout -> RL parquet -> scores, tables, chart; MedEvalKit's
 rule path side by side; decontamination on planted duplicates."""
 
+import io
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from medverl.training.tiny_qwen import save_tiny_processor
 from medverl.cli import main
 from medverl.data.validate import validate
 from medverl.eval.decontaminate import decontaminate
-from medverl.eval.run import chat_messages
+from medverl.eval.run import row_messages
 from medverl.eval.samples import LAYOUTS, PREPARED, image_bytes, write_samples
 from medverl.eval.score import load_rows, score_predictions
 
@@ -242,11 +243,11 @@ def test_decontamination_finds_planted_duplicates(prepared: dict[str, Path], tmp
 
 def test_generation_messages_put_each_image_where_its_placeholder_was(prepared: dict[str, Path]) -> None:
     row = next(r for r in pq.read_table(next(prepared["mmmu_hm"].glob("part-*.parquet"))).to_pylist())
-    messages = chat_messages(row)
+    messages = row_messages(row)
     parts = messages[-1]["content"]
     kinds = [p["type"] for p in parts]
-    assert kinds[0] == "image_url" and kinds.count("image_url") == len(row["images"]) == 1
-    assert parts[0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert kinds[0] == "image" and kinds.count("image") == len(row["images"]) == 1
+    assert parts[0]["image"].size == Image.open(io.BytesIO(row["images"][0]["bytes"])).size  # decoded, not resized yet
 
 
 def test_the_shipped_samples_run_end_to_end(tmp_path: Path) -> None:
@@ -274,6 +275,6 @@ def test_the_shipped_samples_run_end_to_end(tmp_path: Path) -> None:
 def test_image_options_reach_the_generation_messages(prepared: dict[str, Path]) -> None:
     rows = sorted(pq.read_table(next(prepared["mmmu_hm"].glob("part-*.parquet"))).to_pylist(),
                   key=lambda r: r["extra_info"]["index"])
-    shown = "".join(p["text"] if p["type"] == "text" else "[image]" for p in chat_messages(rows[1])[-1]["content"])
+    shown = "".join(p["text"] if p["type"] == "text" else "[image]" for p in row_messages(rows[1])[-1]["content"])
     assert shown.startswith("Image 1: [image]\nImage 2: [image]\nImage 3: [image]\nImage 4: [image]\nWhich image")
     assert "\nA. Image 1\nB. Image 2\nC. Image 3\nD. Image 4\n" in shown

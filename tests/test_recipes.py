@@ -48,7 +48,7 @@ def _local(pipeline: Pipeline, data: Path, model: str, output: Path) -> Pipeline
             s, train=tuple(str(data / d) for d in dirs[pipeline.data_kind(s)]),
             val=(str(data / "rl_val"),) if s.val else (),
         )
-        for s in pipeline.stages
+        for s in pipeline.training_stages  # an eval stage trains nothing
     )
     local = dataclasses.replace(pipeline, model=model, stages=stages, output=output)
     for stage in stages:

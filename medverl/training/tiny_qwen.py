@@ -55,8 +55,7 @@ def _corpus() -> tuple[str, ...]:
     from medverl.prompts import ANSWER_HINTS, load_template
     from medverl.training.synthetic_task import vocabulary
 
-    return (*_CORPUS, load_template("think_answer"), *ANSWER_HINTS.values(), *vocabulary(),
-            "<answer>A</answer>", "<answer>B</answer>", "<answer>C</answer>")
+    return (*_CORPUS, load_template("think_answer"), *ANSWER_HINTS.values(), *vocabulary())
 
 
 def build_tiny_tokenizer(vocab_size: int = 1000) -> Qwen2Tokenizer:
@@ -77,8 +76,9 @@ def build_tiny_tokenizer(vocab_size: int = 1000) -> Qwen2Tokenizer:
         vocab=model["vocab"], merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>"
     )
     tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS[1:])})
-    # As in Qwen3: added tokens that are NOT special, so verl's skip_special_tokens decode keeps them.
-    tokenizer.add_tokens(["<think>", "</think>"], special_tokens=False)
+    # As in Qwen3: added tokens that are NOT special, so verl's skip_special_tokens decode keeps them. The answer tags
+    # too: split into "<", "answer", ">", a 2-layer model confuses the opening tag's ">" with the closing one's.
+    tokenizer.add_tokens(["<think>", "</think>", "<answer>", "</answer>"], special_tokens=False)
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
