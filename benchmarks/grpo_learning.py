@@ -34,9 +34,11 @@ def seeded(pipeline: Pipeline, seed: int, output: Path) -> Pipeline:
     model = save_tiny_model(output / "tiny_model", seed=seed)
     stages = []
     for stage in pipeline.stages:
-        extra = ((f"data.seed={seed}", f"actor_rollout_ref.actor.data_loader_seed={seed}")
-                 if pipeline.trainer(stage) == "ppo" else (f"trainer.seed={seed}",))
-        stages.append(dataclasses.replace(stage, overrides=(*stage.overrides, *extra)))
+        if stage in pipeline.training_stages:
+            extra = ((f"data.seed={seed}", f"actor_rollout_ref.actor.data_loader_seed={seed}")
+                     if pipeline.trainer(stage) == "ppo" else (f"trainer.seed={seed}",))
+            stage = dataclasses.replace(stage, overrides=(*stage.overrides, *extra))
+        stages.append(stage)
     return dataclasses.replace(pipeline, model=str(model.resolve()), output=output.resolve(), stages=tuple(stages))
 
 
@@ -55,7 +57,7 @@ def main() -> None:
     subprocess.run(["bash", "recipes/prepare_example_data.sh", "runs/example_cpu/data"], check=True,
                    env={"MEDVERL": f"{sys.executable} -m medverl", "PATH": "/usr/bin:/bin"}, stdout=subprocess.DEVNULL)
     example = Pipeline.load(EXAMPLE)
-    grpo = next(s.name for s in example.stages if example.trainer(s) == "ppo")
+    grpo = next(s.name for s in example.training_stages if example.trainer(s) == "ppo")
     gains = {}
     for seed in args.seeds:
         output = args.output / f"seed_{seed}"

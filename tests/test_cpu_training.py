@@ -20,6 +20,7 @@ from medverl.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 SFT_STAGES = ("cpt", "sft_stage1", "sft_stage2", "sft_stage3")
+GRPO_STEPS = 40
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +89,10 @@ def _rows(run: Path, stage: str) -> list[dict]:
 
 def test_every_stage_saves_the_hf_model_the_next_stage_starts_from(run: Path) -> None:
     state = json.loads((run / "pipeline_state.json").read_text())
-    assert list(state["stages"]) == [*SFT_STAGES, "grpo"]
+    assert list(state["stages"]) == [*SFT_STAGES, "grpo", "eval"]
     for stage, done in state["stages"].items():
+        if stage == "eval":
+            continue
         checkpoints = run / stage / "checkpoints"
         step = (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip()
         model = checkpoints / f"global_step_{step}" / ("actor/huggingface" if stage == "grpo" else "huggingface")
@@ -112,9 +115,11 @@ def test_sft_losses_are_finite_and_fall_over_the_run(run: Path) -> None:
 
 def test_a_batch_starting_with_a_text_only_conversation_trained(run: Path) -> None:
     """verl's sampler order (DistributedSampler, seed 0, one permutation per epoch) over the SFT stage-2 steps."""
-    frame = pd.read_parquet(next((run / "data" / "sft_stage2").glob("part-*.parquet")))
+    # verl concatenates the stage's train files in order
+    frame = pd.concat([pd.read_parquet(next((run / "data" / name).glob("part-*.parquet")))
+                       for name in ("sft_stage2", "sft_stage2_synthetic")], ignore_index=True)
     text_only = {i for i, images in enumerate(frame["images"]) if len(images) == 0}
-    steps, batch = len(_rows(run, "sft_stage2")), 4
+    steps, batch = len(_rows(run, "sft_stage2")), 8
     starts, epoch = [], 0
     while len(starts) < steps:
         order = torch.randperm(len(frame), generator=torch.Generator().manual_seed(epoch)).tolist()
@@ -126,16 +131,43 @@ def test_a_batch_starting_with_a_text_only_conversation_trained(run: Path) -> No
 
 def test_grpo_reward_reaches_verls_metrics_and_the_rollout_agrees_with_the_actor(run: Path) -> None:
     rows = [r for r in _rows(run, "grpo") if r["step"] > 0]
-    assert len(rows) == 4
+    assert len(rows) == GRPO_STEPS
     for row in rows:
         assert 0.0 <= row["critic/score/mean"] <= 1.0
         assert row["training/rollout_actor_probs_pearson_corr"] > 0.95
         assert row["training/rollout_probs_diff_mean"] < 0.05
     validation = _rows(run, "grpo")[-1]
-    for source in ("example_cxr", "example_fundus"):
+    for source in ("synthetic_stain", "example_cxr", "example_fundus"):
         assert f"val-core/{source}/acc/mean@1" in validation
-    # the SFT stages taught the format: GRPO's rollouts hold well-formed answers
-    assert sum(r["medverl/format_rate"] for r in rows) / len(rows) > 0
+
+
+def test_grpo_learns_to_answer_from_the_image(run: Path) -> None:
+    """Held-out stain questions, greedy, before GRPO (verl's val_before_train) and after it: every prompt has the same
+    text and the answers are balanced, so only reading the image beats 1/3."""
+    key = "val-core/synthetic_stain/acc/mean@1"
+    validations = [r[key] for r in _rows(run, "grpo") if key in r]
+    before, after = validations[0], validations[-1]
+    assert after >= before + 0.25, validations
+    assert after >= 0.55, validations  # well above what any image-blind answer scores (1/3)
+    rows = [r for r in _rows(run, "grpo") if r["step"] > 0]
+    quarter = len(rows) // 4
+    first, last = rows[:quarter], rows[-quarter:]
+    assert sum(r["medverl/format_rate"] for r in last) / quarter >= 0.9
+    mean = lambda part: sum(r["critic/score/mean"] for r in part) / quarter  # noqa: E731
+    assert mean(last) > mean(first)
+
+
+def test_the_evaluation_stage_scores_every_checkpoint_and_grpo_helped(run: Path) -> None:
+    """The seed's results table per stage: a row per checkpoint, a column per benchmark, scored apart from verl."""
+    accuracy = json.loads((run / "eval_table.json").read_text())["accuracy"]
+    assert list(accuracy) == ["base", *SFT_STAGES, "grpo"]
+    assert all(list(row) == ["stain_val", "vqa_rad", "path_vqa", "slake"] for row in accuracy.values())
+    assert (run / "eval_table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| grpo |" in (run / "eval_table.md").read_text()
+    # greedy on the held-out stain questions, as verl's validation after the last step scored them
+    validation = [r for r in _rows(run, "grpo") if "val-core/synthetic_stain/acc/mean@1" in r][-1]
+    assert accuracy["grpo"]["stain_val"] == pytest.approx(validation["val-core/synthetic_stain/acc/mean@1"], abs=0.06)
+    assert accuracy["grpo"]["stain_val"] >= accuracy["sft_stage3"]["stain_val"] + 0.25
 
 
 def test_the_learning_curves_are_drawn(run: Path) -> None:

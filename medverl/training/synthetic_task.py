@@ -4,14 +4,15 @@ Deterministic, offline and small, so the CPU example pipeline shows the whole ch
 ``tests/e2e/arithmetic_sequence`` played this part for text). Each stage has its job, as in the seed:
 
 - CPT captions say what a section shows (its stain, its colours): ``stain_captions.jsonl``.
-- SFT teaches the ``<think>/<answer>`` format on *other* questions about sections of every stain and about chest
-  films (what kind of image it is, read from the image too): ``stain_sft.jsonl``. It never sees a stain question, and
-  its reasoning is one sentence, so the answer that follows depends on the image and the question alone.
+- SFT teaches the ``<think>/<answer>`` format on *other* questions: a chest film's exposure, with reasoning that
+  says what the film shows, and what kind of image a section of any stain or a film is (``stain_sft.jsonl``). It
+  never sees a stain question.
 - GRPO turns what CPT taught into answers: ``stain_rl.jsonl`` (train) and ``stain_rl_val.jsonl`` (held out).
 
 The answer depends on the image alone: every stain question has the same text and options in the same order, and
 the answers are balanced across the options, so a policy that ignores the image scores chance (1/3). Only the hue
-tells the stains apart: every section's brightness is drawn from the same range. Images are 224 x 224 JPEGs with stained stroma, nuclei, lumina, texture and noise, not flat colours.
+tells the stains apart: every section's brightness is drawn from the same range, so how light a section is (which
+the exposure question reads on films) is no clue. Images are 224 x 224 JPEGs with stained stroma, nuclei, lumina, texture and noise, not flat colours.
 
     python -m medverl.training.synthetic_task examples/data     (writes the records and examples/data/images/stain/)
 """
@@ -65,20 +66,24 @@ STAINS = (
         "The section is brown: DAB immunohistochemistry with positive cells.",
     )),
 )
-EXPOSURES = (205, 128, 50)  # mean grey levels of the films: under-, well and overexposed
+EXPOSURES = (  # a film's exposure, one of SFT's questions: the option, the film's mean grey level, the reasoning
+    ("underexposed", 205, "The film is pale."),
+    ("adequate", 128, "The film is grey."),
+    ("overexposed", 50, "The film is dark."),
+)
+EXPOSURE_QUESTION = "How is this radiograph exposed?"
 KIND_QUESTION = "What kind of image is this?"
-KINDS = ("histology section", "chest radiograph")
+KINDS = (("histology section", "It is a stained section."), ("chest radiograph", "It is a chest film."))
 DISTRACTOR = "fundus photograph"  # a third option, so that the right letters spread over A, B and C
 IS_SECTION_QUESTION = "Is this a histology section?"
-# one reasoning for every SFT answer: the format, and an answer read from the image at the answer, nothing else
-REASONING = "I look at the image."
 LETTERS = "ABC"
 
 
 def vocabulary() -> tuple[str, ...]:
     """Every text the task writes (for a tiny tokenizer whose merges cover it)."""
-    return (QUESTION, KIND_QUESTION, IS_SECTION_QUESTION, DISTRACTOR, *KINDS, REASONING, *(s.name for s in STAINS),
-            *(c for s in STAINS for c in s.captions))
+    return (QUESTION, EXPOSURE_QUESTION, KIND_QUESTION, IS_SECTION_QUESTION, DISTRACTOR,
+            *(text for kind in KINDS for text in kind), *(text for e in EXPOSURES for text in (e[0], e[2])),
+            *(s.name for s in STAINS), *(c for s in STAINS for c in s.captions))
 
 
 def _smooth_noise(rng: np.random.Generator, cells: int, size: int = SIZE) -> np.ndarray:
@@ -113,7 +118,7 @@ def stain_image(stain: Stain, rng: np.random.Generator) -> Image.Image:
 
 
 def radiograph_image(level: int, rng: np.random.Generator) -> Image.Image:
-    """A 224 x 224 chest-film-like grey image whose overall brightness is `level`, with lungs, ribs and noise."""
+    """A 224 x 224 chest-film-like grey image whose overall brightness is `level` (exposure), with ribs and noise."""
     yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
     body = np.exp(-(((xx - 0.5) / 0.38) ** 2 + ((yy - 0.55) / 0.5) ** 2) ** 2)
     lungs = np.exp(-(((np.abs(xx - 0.5) - 0.2) / 0.12) ** 2 + ((yy - 0.45) / 0.25) ** 2))
@@ -130,7 +135,7 @@ def _jpeg(image: Image.Image) -> bytes:
 
 
 def generate(output: str | Path, *, per_stain_train: int = 32, per_stain_val: int = 12, per_stain_captions: int = 24,
-             per_stain_sft: int = 8, seed: int = 0) -> dict[str, int]:
+             per_exposure_sft: int = 12, per_stain_sft: int = 8, seed: int = 0) -> dict[str, int]:
     """Write the task's records (JSONL) into `output` and its images into ``output/images/stain``.
 
     Returns the number of records per file. The same arguments always write the same records and pixels.
@@ -162,21 +167,29 @@ def generate(output: str | Path, *, per_stain_train: int = 32, per_stain_val: in
         files[split] = [rows[j] for j in rng.permutation(len(rows))]
     template = load_template("think_answer")  # the prompt `medverl prep rl` writes for the stain questions
     sft = files["stain_sft.jsonl"]
-    seen = [(save(f"sft_{i:03d}_{k}.jpg", stain_image(stain, rng)), KINDS[0])
-            for i in range(per_stain_sft) for k, stain in enumerate(STAINS)]
-    seen += [(save(f"film_{i:03d}_{k}.jpg", radiograph_image(level + int(rng.integers(-15, 16)), rng)), KINDS[1])
-             for i in range(per_stain_sft) for k, level in enumerate(EXPOSURES)]
-    for path, kind in seen:  # sections of every stain and films of every exposure; never a stain question
-        order = [*KINDS, DISTRACTOR]
-        order = [order[j] for j in rng.permutation(len(order))]
-        for question, choices, query_type, answer in (
-            (KIND_QUESTION, order, "multiple_choice", LETTERS[order.index(kind)]),
-            (IS_SECTION_QUESTION, [], "yes_no", "yes" if kind == KINDS[0] else "no"),
-        ):
-            sft.append({"image": [path], "conversations": [
-                {"from": "human", "value": render_prompt(template, f"<image>\n{question}", choices, query_type)},
-                {"from": "gpt", "value": f"<think>{REASONING}</think><answer>{answer}</answer>"},
-            ]})
+
+    def conversation(path: str, question: str, choices: list[str], query_type: str, reasoning: str, answer: str):
+        prompt = render_prompt(template, f"<image>\n{question}", choices, query_type)
+        sft.append({"image": [path], "conversations": [
+            {"from": "human", "value": prompt},
+            {"from": "gpt", "value": f"<think>{reasoning}</think><answer>{answer}</answer>"},
+        ]})
+
+    films = []
+    for i in range(per_exposure_sft):
+        for k, (_, level, reasoning) in enumerate(EXPOSURES):
+            films.append(save(f"film_{i:03d}_{k}.jpg", radiograph_image(level + int(rng.integers(-15, 16)), rng)))
+            conversation(films[-1], EXPOSURE_QUESTION, [e[0] for e in EXPOSURES], "multiple_choice", reasoning,
+                         LETTERS[k])
+    # what kind of image, on sections of every stain and on films: the format on section images, never the stain
+    sections = [save(f"sft_{i:03d}_{k}.jpg", stain_image(stain, rng))
+                for i in range(per_stain_sft) for k, stain in enumerate(STAINS)]
+    for j, path in enumerate(sections + films[: len(sections)]):
+        kind, reasoning = KINDS[0] if j < len(sections) else KINDS[1]
+        order = [name for name, _ in KINDS] + [DISTRACTOR]
+        order = [order[i] for i in rng.permutation(len(order))]
+        conversation(path, KIND_QUESTION, order, "multiple_choice", reasoning, LETTERS[order.index(kind)])
+        conversation(path, IS_SECTION_QUESTION, [], "yes_no", reasoning, "yes" if kind == KINDS[0][0] else "no")
     files["stain_sft.jsonl"] = [sft[j] for j in rng.permutation(len(sft))]
     for name, records in files.items():
         with (output / name).open("w", encoding="utf-8") as f:
