@@ -27,9 +27,11 @@ prep rl "$ex/rl.jsonl" "$out/rl" --max-pixels 802816
 prep rl "$ex/rl_val.jsonl" "$out/rl_val" --max-pixels 802816 --split test
 prep rl "$ex/stain_rl.jsonl" "$out/rl_stain" --max-pixels 802816
 prep rl "$ex/stain_rl_val.jsonl" "$out/rl_stain_val" --max-pixels 802816 --split test
-# benchmark samples (examples/eval) for the example's evaluation stage
+# benchmark samples (examples/eval) for the example's evaluation stage; the physical path, since images must lie
+# inside the source directory once symlinks are resolved
+eval_root=$(cd examples/eval && pwd -P)
 for pair in vqa_rad:vqa-rad path_vqa:path-vqa slake:slake; do
   rm -rf "$out/eval_${pair%%:*}"
-  $medverl eval prepare "${pair%%:*}" --source "$PWD/examples/eval/${pair#*:}" --output "$out/eval_${pair%%:*}" \
+  $medverl eval prepare "${pair%%:*}" --source "$eval_root/${pair#*:}" --output "$out/eval_${pair%%:*}" \
     --max-pixels 802816 >/dev/null
 done
