@@ -160,7 +160,7 @@ def test_every_key_a_recipe_sets_exists_in_verls_config(recipe: str) -> None:
         keys += [k for k in _leaves({k: v for k, v in raw.items() if k not in ("hydra", "defaults")})]
     for path in PIPELINES:
         pipeline = Pipeline.load(path)
-        keys += [o.split("=", 1)[0] for s in pipeline.stages if s.recipe == recipe for o in s.overrides]
+        keys += [o.split("=", 1)[0] for s in pipeline.training_stages if s.recipe == recipe for o in s.overrides]
     missing = []
     for key in {k for k in keys if not k.startswith(UNDECLARED_IN_VERL_YAML)}:
         node = verl_config
