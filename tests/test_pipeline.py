@@ -234,3 +234,39 @@ def test_several_nodes_need_the_rendezvous_environment(workdir: Path) -> None:
     assert command[3:8] == ["--nnodes=2", "--nproc_per_node=1", "--node_rank=1", "--master_addr=10.0.0.1",
                             "--master_port=29500"]
     assert "trainer.nnodes=2" in command
+
+
+PLUGIN = '''from medverl.rewards import register
+
+
+@register("findings_count")
+def findings_count(answer, ground_truths, **_):
+    return float(answer.strip() in ground_truths)
+'''
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_query_type_no_stage_reward_knows_is_named_before_anything_runs(workdir: Path, capsys, split: str) -> None:
+    """Prepared with a plugin the GRPO stage does not load: verl's reward workers could not score those rows."""
+    plugin = workdir / "my_rewards.py"
+    plugin.write_text(PLUGIN)
+    records = workdir / "custom.jsonl"
+    records.write_text(json.dumps({"question": "How many nodules?", "answer": "2", "query_type": "findings_count",
+                                   "data_source": "clinic_ct"}) + "\n")
+    from medverl.rewards import registry
+
+    before = registry.REGISTRY.snapshot()  # prep and pipeline are two processes for a user
+    assert main(["prep", "rl", str(records), "--output", "data/custom", "--plugins", str(plugin)]) == 0
+    registry.REGISTRY.restore(before)
+    train, val = (["data/rl", "data/custom"], ["data/rl_val"]) if split == "train" else (["data/rl"], ["data/custom"])
+    stage = {"name": "grpo", "recipe": "grpo", "train": train, "val": val}
+    config = _config(workdir, stages=[stage])
+    assert main(["pipeline", str(config), "--dry-run"]) == 2
+    error = capsys.readouterr().err
+    assert "data/custom: row 0 (data_source clinic_ct, index 0) has unknown query_type 'findings_count'" in error
+    assert "reward.custom_reward_function.reward_kwargs.plugins" in error
+    assert not _calls(workdir)
+    # the same stage loading the plugin runs, and the pipeline process's registry is as it was
+    overrides = [f"reward.custom_reward_function.reward_kwargs.plugins=[{plugin}]"]
+    assert main(["pipeline", str(_config(workdir, stages=[{**stage, "overrides": overrides}])), "--dry-run"]) == 0
+    assert "findings_count" not in registry.REGISTRY.names()

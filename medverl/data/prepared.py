@@ -112,6 +112,36 @@ def open_prepared(directory: str | Path, kinds: Sequence[str] | None = None, *, 
     return Prepared(directory, manifest)
 
 
+def check_query_types(directory: str | Path, plugins: Sequence[str] = ()) -> list[str]:
+    """Query types of RL data that no reward knows once `plugins` are loaded (what verl's reward workers will load);
+    each problem names the type, a row that has it and the fix. The registry is left as it was."""
+    from medverl.rewards import registry
+
+    prepared = open_prepared(directory, ("rl",))
+    first: dict[str, tuple[int, object, object]] = {}
+    for position, row in enumerate(prepared.rows(["data_source", "extra_info"])):
+        extra = row.get("extra_info") or {}
+        first.setdefault(str(extra.get("query_type")), (position, extra.get("index"), row.get("data_source")))
+    snapshot = registry.REGISTRY.snapshot()
+    try:
+        registry.REGISTRY.load_plugins(plugins)
+        problems = []
+        for query_type, (position, index, data_source) in sorted(first.items()):
+            try:
+                registry.REGISTRY.get(query_type)
+            except registry.UnknownQueryType as exc:
+                problems.append(
+                    f"{directory}: row {position} (data_source {data_source}, index {index}) has {exc} The stage's "
+                    f"reward plugins are {list(plugins) or 'none'}: add the module that registers "
+                    f"{query_type!r} to reward.custom_reward_function.reward_kwargs.plugins in the stage's overrides"
+                )
+        return problems
+    except registry.PluginError as exc:
+        return [f"reward_kwargs.plugins: {exc}"]
+    finally:
+        registry.REGISTRY.restore(snapshot)
+
+
 def check_reward_options(directory_or_manifest: str | Path | Mapping, reward_kwargs: Mapping) -> list[str]:
     """Why RL data cannot be scored with `reward_kwargs` (verl's ``reward_kwargs``); empty when they fit.
 
