@@ -31,7 +31,8 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig
 
-from medverl.data.prepared import PreparedError, check_query_types, check_reward_options, open_prepared
+from medverl.data.prepared import PreparedError, check_reward_options, open_prepared
+from medverl.rewards import RewardOptions
 from medverl.eval.stage import TABLE_FILES, TABLE_MD
 from medverl.training.metrics import StageLog, draw_curves, gather, keep_aside, metric_parts, summary_table
 
@@ -365,9 +366,6 @@ class Pipeline:
                                     f"--max-pixels {stage.max_pixels}")
                 if reward_kwargs is not None:
                     problems += [f"stage {stage.name}: {p}" for p in check_reward_options(directory, reward_kwargs)]
-                    plugins = reward_kwargs.get("plugins") or ()
-                    plugins = [p.strip() for p in plugins.split(",") if p.strip()] if isinstance(plugins, str) else plugins
-                    problems += [f"stage {stage.name}: {p}" for p in check_query_types(directory, list(plugins))]
             if stage.max_pixels is not None and self.trainer(stage) == "sft":  # GRPO may roll out at less
                 if previous_pixels is not None and stage.max_pixels < previous_pixels:
                     logger.warning("stage %s lowers max_pixels (%d < %d): the schedule is not low-to-high",
@@ -513,10 +511,9 @@ def _report(pipeline: Pipeline, state: dict, out) -> None:
         if not any(metric_parts(pipeline.metrics_log(stage))):
             continue
         if pipeline.trainer(stage) == "ppo":
-            options = pipeline.reward_kwargs(stage)
+            options = RewardOptions.from_kwargs(pipeline.reward_kwargs(stage))
             logs.append(StageLog(stage.name, "ppo", pipeline.metrics_log(stage), pipeline.rollouts(stage),
-                                 bool(options.get("think_prefilled")), bool(options.get("require_think")),
-                                 float(options.get("format_weight", 0.1))))
+                                 options.think_prefilled, options.require_think, options.format_weight))
         else:
             logs.append(StageLog(stage.name, "sft", pipeline.metrics_log(stage)))
     evaluations = [f"## Evaluation: {stage.name}\n\n" + table.read_text(encoding="utf-8")

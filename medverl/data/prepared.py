@@ -112,12 +112,12 @@ def open_prepared(directory: str | Path, kinds: Sequence[str] | None = None, *, 
     return Prepared(directory, manifest)
 
 
-def check_query_types(directory: str | Path, plugins: Sequence[str] = ()) -> list[str]:
+def _unknown_query_types(directory: str | Path, plugins: Sequence[str]) -> list[str]:
     """Query types of RL data that no reward knows once `plugins` are loaded (what verl's reward workers will load);
     each problem names the type, a row that has it and the fix. The registry is left as it was."""
     from medverl.rewards import registry
 
-    prepared = open_prepared(directory, ("rl",))
+    prepared = open_prepared(directory, ("rl",), complete=False)
     first: dict[str, tuple[int, object, object]] = {}
     for position, row in enumerate(prepared.rows(["data_source", "extra_info"])):
         extra = row.get("extra_info") or {}
@@ -147,6 +147,7 @@ def check_reward_options(directory_or_manifest: str | Path | Mapping, reward_kwa
 
     The data's manifest names its prompt template, and each bundled template needs certain reward options
     (``think_prefilled`` must match); a template of the user's is not checked. Unknown or invalid keys are problems.
+    Given a directory, every row's ``query_type`` must have a reward once the options' ``plugins`` are loaded.
     """
     if isinstance(directory_or_manifest, Mapping):
         manifest, where = directory_or_manifest, "the data"
@@ -158,9 +159,12 @@ def check_reward_options(directory_or_manifest: str | Path | Mapping, reward_kwa
         return [f"reward_kwargs: {exc}"]
     template = manifest.get("template") or {}
     needed = template.get("reward_options") or {}
-    return [
+    problems = [
         f"{where} was prepared with the {template['name']} prompt template, which is scored with "
         f"reward_kwargs.{key}={json.dumps(want)}; the reward options have {key}={json.dumps(getattr(options, key))}"
         for key, want in needed.items()
         if getattr(options, key) != want
     ]
+    if not isinstance(directory_or_manifest, Mapping):
+        problems += _unknown_query_types(directory_or_manifest, options.plugins)
+    return problems

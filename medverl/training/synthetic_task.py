@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from medverl.data.converters import render_prompt
+from medverl.data.converters import IMAGE_PLACEHOLDER, render_prompt
 from medverl.prompts import load_template
+from medverl.rewards.choice import LETTERS
 
 SIZE = 224
 LUMINANCE = (120.0, 175.0)  # the mean grey level of a section, drawn uniformly whatever its stain
@@ -76,7 +77,6 @@ KIND_QUESTION = "What kind of image is this?"
 KINDS = (("histology section", "It is a stained section."), ("chest radiograph", "It is a chest film."))
 DISTRACTOR = "fundus photograph"  # a third option, so that the right letters spread over A, B and C
 IS_SECTION_QUESTION = "Is this a histology section?"
-LETTERS = "ABC"
 
 
 def vocabulary() -> tuple[str, ...]:
@@ -169,7 +169,7 @@ def generate(output: str | Path, *, per_stain_train: int = 32, per_stain_val: in
     sft = files["stain_sft.jsonl"]
 
     def conversation(path: str, question: str, choices: list[str], query_type: str, reasoning: str, answer: str):
-        prompt = render_prompt(template, f"<image>\n{question}", choices, query_type)
+        prompt = render_prompt(template, f"{IMAGE_PLACEHOLDER}\n{question}", choices, query_type)
         sft.append({"image": [path], "conversations": [
             {"from": "human", "value": prompt},
             {"from": "gpt", "value": f"<think>{reasoning}</think><answer>{answer}</answer>"},
