@@ -113,6 +113,90 @@ def test_generate_takes_expanded_image_tokens_and_returns_log_probs_of_its_token
     assert greedy[0].token_ids == greedy[1].token_ids and greedy[0].log_probs is None
 
 
+def _prompts(server) -> list[tuple[list[int], list]]:
+    """Image prompts of different lengths and colours, so that a batch of them is padded."""
+    from PIL import Image
+
+    prompts = []
+    for i, question in enumerate(["Is there a nodule?", "Which stain was used for this section, and why?",
+                                  "Describe it.", "Is the film pale, grey or dark? Answer with one word."]):
+        image = Image.new("RGB", (56 + 28 * (i % 2), 56), (40 * i, 30, 200 - 40 * i))
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        text = server.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompts.append((server.processor(text=[text], images=[image], return_tensors="pt")["input_ids"][0].tolist(),
+                        [image]))
+    return prompts
+
+
+def test_requests_sent_together_are_one_batch_with_the_answers_each_would_get_alone(server, monkeypatch) -> None:
+    import asyncio
+
+    greedy = {"temperature": 0, "logprobs": True}
+    prompts = _prompts(server)
+    assert len({len(ids) for ids, _ in prompts}) > 1  # the batch is padded
+    alone = [asyncio.run(server.generate(ids, dict(greedy), f"a{i}", image_data=images))
+             for i, (ids, images) in enumerate(prompts)]
+    calls = []
+    generate = server._generate
+    monkeypatch.setattr(server, "_generate", lambda batch: calls.append(len(batch)) or generate(batch))
+
+    async def together():
+        return await asyncio.gather(*(server.generate(ids, dict(greedy), f"t{i}", image_data=images)
+                                      for i, (ids, images) in enumerate(prompts)))
+
+    batched = asyncio.run(together())
+    assert calls == [len(prompts)]
+    for one, many in zip(alone, batched, strict=True):
+        assert many.token_ids == one.token_ids
+        assert many.log_probs == pytest.approx(one.log_probs, abs=1e-4)
+
+
+def test_a_burst_is_split_by_sampling_parameters_and_each_request_keeps_its_own_length(server, monkeypatch) -> None:
+    import asyncio
+
+    calls = []
+    generate = server._generate
+    monkeypatch.setattr(server, "_generate", lambda batch: calls.append(len(batch)) or generate(batch))
+    (ids, images), *_ = _prompts(server)
+    sampled = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
+    asks = [dict(sampled, max_tokens=3), dict(sampled), {"temperature": 0}, dict(sampled, logprobs=False)]
+
+    async def burst():
+        return await asyncio.gather(*(server.generate(ids, ask, f"b{i}", image_data=images)
+                                      for i, ask in enumerate(asks)))
+
+    outputs = asyncio.run(burst())
+    assert sorted(calls) == [1, 3]  # the greedy request alone, the three sampled ones together
+    assert 1 <= len(outputs[0].token_ids) <= 3 and 1 <= len(outputs[1].token_ids) <= 12
+    assert len(outputs[0].log_probs) == len(outputs[0].token_ids)
+    assert len(outputs[1].log_probs) == len(outputs[1].token_ids)
+    assert outputs[2].log_probs is None and outputs[3].log_probs is None
+    for output in outputs:
+        ends = [i for i, t in enumerate(output.token_ids) if t in server.eos]
+        assert ends in ([], [len(output.token_ids) - 1])  # cut at its own end-of-sequence, never padding after it
+        assert not set(output.token_ids) & set(server.suppressed)
+
+
+def test_an_error_in_a_batch_reaches_every_request_of_it_and_the_server_goes_on(server, monkeypatch) -> None:
+    import asyncio
+
+    (ids, images), *_ = _prompts(server)
+    generate = server._generate
+
+    def fail(batch):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(server, "_generate", fail)
+
+    async def burst():
+        return await asyncio.gather(*(server.generate(ids, {}, f"e{i}", image_data=images) for i in range(3)),
+                                    return_exceptions=True)
+
+    assert [str(e) for e in asyncio.run(burst())] == ["out of memory"] * 3
+    monkeypatch.setattr(server, "_generate", generate)
+    assert asyncio.run(server.generate(ids, {}, "after", image_data=images)).token_ids
+
+
 def test_the_actors_weights_replace_the_servers(server) -> None:
     import asyncio
 

@@ -174,3 +174,50 @@ def test_the_learning_curves_are_drawn(run: Path) -> None:
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (run / "summary.md").read_text()
     assert all(f"| {stage} |" in summary for stage in [*SFT_STAGES, "grpo"])
+
+
+LATERALITY = '''
+from medverl.rewards import Verdict, register
+
+
+@register("laterality")
+def laterality(answer, golds):
+    """Left or right."""
+    side = answer.strip().lower()
+    return Verdict(float(side == golds[0]), pred=side)
+'''
+
+
+def test_a_raw_main_ppo_run_stops_at_a_query_type_no_reward_knows(tmp_path: Path) -> None:
+    """Rows prepared with a reward plugin, trained without it: verl's agent loop catches the reward's error and would
+    train on without those rows; the recipe's replay buffer ends main_ppo at its first step instead."""
+    from medverl.pipeline import Pipeline, Stage
+    from medverl.training.tiny_qwen import save_tiny_model
+
+    plugin = tmp_path / "laterality.py"
+    plugin.write_text(LATERALITY)
+    records = [json.loads(line) for line in (REPO / "examples/data/stain_rl.jsonl").read_text().splitlines()[:3]]
+    records.append({"question": "Which side is the lesion on?", "answer": "left", "query_type": "laterality",
+                    "image": records[0]["image"], "data_source": "sides"})
+    (tmp_path / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    for split in ("train", "test"):
+        assert main(["prep", "rl", str(tmp_path / "rl.jsonl"), "--output", str(tmp_path / split), "--split", split,
+                     "--image-root", str(REPO / "examples/data/images"), "--plugins", str(plugin)]) == 0
+    stage = Stage("grpo", "grpo", (str(tmp_path / "train"),), (str(tmp_path / "test"),), overrides=(
+        "data.train_batch_size=4", "data.max_prompt_length=1024", "data.max_response_length=8",
+        "actor_rollout_ref.rollout.max_model_len=1100", "actor_rollout_ref.rollout.n=2",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=4", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8", "reward.num_workers=1",
+        "trainer.val_before_train=false", "trainer.total_training_steps=2", "trainer.save_freq=-1",
+        "trainer.logger=[console]",
+    ))
+    pipeline = Pipeline(model=str(save_tiny_model(tmp_path / "model")), output=tmp_path / "out", stages=(stage,),
+                        gpus_per_node=1, device="cpu")
+    done = subprocess.run(pipeline.command(0), cwd=tmp_path, env={**os.environ, **pipeline.environment(stage)},
+                          capture_output=True, text=True, timeout=900)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-4000:]
+    assert "RolloutFailed" in output and "1 in training" in output, output[-4000:]
+    assert "unknown query_type 'laterality'" in output, output[-4000:]  # verl's own log of the reward's error
+    assert "step:1 " not in output  # no update ran

@@ -5,7 +5,8 @@ image tokens already expanded, the images, sampling parameters) and gets back re
 log-probs, exactly as from its vLLM server. The actor's weights reach the server through ``HFServerAdapter``, the
 per-worker client verl builds in each trainer process: every sync sends the full state dict over Ray.
 
-One request is generated at a time. Vision tokens are never sampled (a sampled ``<|vision_start|>`` would break
+Requests that arrive together are generated together: one left-padded ``generate`` call per group of requests
+with the same sampling parameters, each row sampled independently as if alone. Vision tokens are never sampled (a sampled ``<|vision_start|>`` would break
 verl's mRoPE index for the sample, which vLLM avoids the same way).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -23,6 +25,9 @@ from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 # bytes of weights per Ray call when the actor's weights are sent to the server
 BUCKET_BYTES = 256 << 20
+# how long the server waits for the rest of a burst of requests before it generates: up to 10 waits of 5 ms,
+# ended by a wait in which no request arrived
+GATHER_ROUNDS, GATHER_SECONDS = 10, 0.005
 
 
 def server_name(replica_rank: int) -> str:
@@ -30,8 +35,25 @@ def server_name(replica_rank: int) -> str:
     return f"hf_server_{replica_rank}"
 
 
+@dataclass
+class _Request:
+    prompt_ids: list[int]
+    params: dict[str, Any]
+    images: list | None
+    done: asyncio.Future
+
+    def sampling(self) -> tuple:
+        """What must be equal for requests to share one ``generate`` call."""
+        p = self.params
+        temperature = float(p.get("temperature") or 0.0)
+        if temperature <= 0:
+            return (0.0, 1.0, -1, float(p.get("repetition_penalty") or 1.0))
+        return (temperature, float(p.get("top_p") or 1.0), int(p.get("top_k") or -1),
+                float(p.get("repetition_penalty") or 1.0))
+
+
 class HFServer:
-    """A Ray actor holding a transformers copy of the policy; generates one request at a time."""
+    """A Ray actor holding a transformers copy of the policy; generates the requests waiting for it as one batch."""
 
     def __init__(self, config, model_config, replica_rank: int) -> None:
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
@@ -54,7 +76,10 @@ class HFServer:
         eos = self.model.generation_config.eos_token_id
         self.eos = sorted({*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
                            self.tokenizer.eos_token_id} - {None})
-        self.lock = asyncio.Lock()
+        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos[0]
+        self.max_batch = max(1, int(config.get("max_num_seqs") or 1))
+        self.waiting: list[_Request] = []
+        self.worker: asyncio.Task | None = None
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
 
     async def generate(self, prompt_ids: list[int], sampling_params: dict[str, Any], request_id: str,
@@ -62,40 +87,85 @@ class HFServer:
         """Sample one response: token ids and, when asked, their log-probs under the sampling temperature."""
         if video_data:
             raise ValueError("the hf rollout does not take videos")
-        async with self.lock:
-            return await asyncio.to_thread(self._generate, list(prompt_ids), dict(sampling_params), image_data)
+        request = _Request(list(prompt_ids), dict(sampling_params), image_data,
+                           asyncio.get_running_loop().create_future())
+        self.waiting.append(request)
+        if self.worker is None or self.worker.done():
+            self.worker = asyncio.create_task(self._serve())
+        return await request.done
+
+    async def _serve(self) -> None:
+        """Generate until nothing waits: each round takes the waiting requests that sample alike, up to max_num_seqs."""
+        while self.waiting:
+            # requests sent together reach the actor a few milliseconds apart: let them gather
+            for _ in range(GATHER_ROUNDS):
+                seen = len(self.waiting)
+                await asyncio.sleep(GATHER_SECONDS)
+                if len(self.waiting) == seen or len(self.waiting) >= self.max_batch:
+                    break
+            key = self.waiting[0].sampling()
+            batch = [r for r in self.waiting if r.sampling() == key][: self.max_batch]
+            self.waiting = [r for r in self.waiting if not any(r is b for b in batch)]
+            try:
+                outputs = await asyncio.to_thread(self._generate, batch)
+            except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the error
+                for request in batch:
+                    if not request.done.done():
+                        request.done.set_exception(exc)
+            else:
+                for request, output in zip(batch, outputs, strict=True):
+                    if not request.done.done():
+                        request.done.set_result(output)
+
+    def _max_new(self, request: _Request) -> int:
+        params = request.params
+        budget = self.config.prompt_length + self.config.response_length - len(request.prompt_ids)
+        wanted = params.get("max_tokens") or params.get("max_new_tokens") or self.config.response_length
+        return max(1, min(wanted, self.config.response_length, budget))
 
     @torch.no_grad()
-    def _generate(self, prompt_ids: list[int], params: dict[str, Any], images: list | None) -> TokenOutput:
-        budget = self.config.prompt_length + self.config.response_length - len(prompt_ids)
-        max_new = params.pop("max_tokens", None) or params.pop("max_new_tokens", None) or self.config.response_length
-        max_new = max(1, min(max_new, self.config.response_length, budget))
-        inputs: dict[str, Any] = {"input_ids": torch.tensor([prompt_ids])}
-        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    def _generate(self, batch: list[_Request]) -> list[TokenOutput]:
+        """One left-padded ``generate`` call for requests that sample alike; each row is cut at its own end."""
+        width = max(len(r.prompt_ids) for r in batch)
+        input_ids = torch.full((len(batch), width), self.pad, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, request in enumerate(batch):
+            input_ids[row, width - len(request.prompt_ids):] = torch.tensor(request.prompt_ids)
+            attention_mask[row, width - len(request.prompt_ids):] = 1
+        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        images = [image for r in batch for image in (r.images or [])]
         if images:
             vision = self.processor.image_processor(images=images, return_tensors="pt")
             inputs["pixel_values"], inputs["image_grid_thw"] = vision["pixel_values"], vision["image_grid_thw"]
         if self.image_token_id is not None and self.processor is not None:
-            inputs["mm_token_type_ids"] = (inputs["input_ids"] == self.image_token_id).long()
-        temperature = float(params.get("temperature") or 0.0)
-        top_k = int(params.get("top_k") or -1)
-        sampling = {"do_sample": False}
+            inputs["mm_token_type_ids"] = ((input_ids == self.image_token_id) & attention_mask.bool()).long()
+        temperature, top_p, top_k, repetition_penalty = batch[0].sampling()
+        sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         if temperature > 0:
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": float(params.get("top_p") or 1.0),
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p,
                         "top_k": top_k if top_k > 0 else None}
+        limits = [self._max_new(r) for r in batch]
         out = self.model.generate(
-            **inputs, **sampling, max_new_tokens=max_new, eos_token_id=self.eos,
-            pad_token_id=self.tokenizer.pad_token_id, suppress_tokens=self.suppressed or None,
-            repetition_penalty=float(params.get("repetition_penalty") or 1.0),
+            **inputs, **sampling, max_new_tokens=max(limits), eos_token_id=self.eos, pad_token_id=self.pad,
+            suppress_tokens=self.suppressed or None, repetition_penalty=repetition_penalty,
             return_dict_in_generate=True, output_logits=True,
         )
-        tokens = out.sequences[0, len(prompt_ids):]
         log_probs = None
-        if params.get("logprobs"):
-            logits = torch.stack(out.logits, dim=1)[0].float() / (temperature if temperature > 0 else 1.0)
-            log_probs = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None])[:, 0].tolist()
-        return TokenOutput(token_ids=tokens.tolist(), log_probs=log_probs, stop_reason="completed",
-                           extra_fields={"global_steps": self.global_steps})
+        if any(r.params.get("logprobs") for r in batch):
+            logits = torch.stack(out.logits, dim=1).float() / (temperature if temperature > 0 else 1.0)
+            tokens = out.sequences[:, width:]
+            log_probs = torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None])[..., 0]
+        outputs = []
+        for row, (request, limit) in enumerate(zip(batch, limits, strict=True)):
+            tokens = out.sequences[row, width : width + limit].tolist()
+            ends = [i for i, t in enumerate(tokens) if t in self.eos]
+            length = ends[0] + 1 if ends else len(tokens)  # the end-of-sequence token is part of the response
+            outputs.append(TokenOutput(
+                token_ids=tokens[:length],
+                log_probs=log_probs[row, :length].tolist() if request.params.get("logprobs") else None,
+                stop_reason="completed", extra_fields={"global_steps": self.global_steps},
+            ))
+        return outputs
 
     def load_weights(self, named: list[tuple[str, torch.Tensor]]) -> int:
         """Copy the actor's tensors into the model; returns how many were copied."""
