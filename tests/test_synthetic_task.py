@@ -79,6 +79,9 @@ def test_each_stage_has_its_own_job() -> None:
         assert sum(stain.name in c["text"] for c in captions) == len(captions) // 3
     sft = _records("stain_sft.jsonl")  # SFT: the format, on another question about other images
     assert all(QUESTION not in turn["value"] for r in sft for turn in r["conversations"])
+    answers = [r["conversations"][1]["value"] for r in sft]
+    assert not [a for a in answers for stain in STAINS if stain.name in a], "SFT never names a stain"
+    assert {stain.looks for stain in STAINS} <= {a.partition("</think>")[0].removeprefix("<think>") for a in answers}
     assert all(r["conversations"][1]["value"].startswith("<think>") for r in sft)
     images = {r["image"] for name in ("stain_rl.jsonl", "stain_rl_val.jsonl") for r in _records(name)}
     assert not images & {c["image"] for c in captions}, "GRPO items are not CPT images"

@@ -13,7 +13,9 @@ verl's mRoPE index for the sample, which vLLM avoids the same way).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,9 @@ import ray
 import torch
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
+
+logger = logging.getLogger(__name__)
+logger.setLevel(os.environ.get("VERL_LOGGING_LEVEL", "WARN"))  # as verl's own modules
 
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 # bytes of weights per Ray call when the actor's weights are sent to the server
@@ -105,7 +110,9 @@ class HFServer:
                     break
             key = self.waiting[0].sampling()
             batch = [r for r in self.waiting if r.sampling() == key][: self.max_batch]
-            self.waiting = [r for r in self.waiting if not any(r is b for b in batch)]
+            taken = set(map(id, batch))
+            self.waiting = [r for r in self.waiting if id(r) not in taken]
+            start = time.perf_counter()
             try:
                 outputs = await asyncio.to_thread(self._generate, batch)
             except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the error
@@ -113,6 +120,8 @@ class HFServer:
                     if not request.done.done():
                         request.done.set_exception(exc)
             else:
+                logger.debug("generated %d request(s), %d waiting, in %.3f s", len(batch), len(self.waiting),
+                             time.perf_counter() - start)
                 for request, output in zip(batch, outputs, strict=True):
                     if not request.done.done():
                         request.done.set_result(output)

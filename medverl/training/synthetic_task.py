@@ -5,8 +5,8 @@ Deterministic, offline and small, so the CPU example pipeline shows the whole ch
 
 - CPT captions say what a section shows (its stain, its colours): ``stain_captions.jsonl``.
 - SFT teaches the ``<think>/<answer>`` format on *other* questions: a chest film's exposure, with reasoning that
-  says what the film shows, and what kind of image a section of any stain or a film is (``stain_sft.jsonl``). It
-  never sees a stain question.
+  says what the film shows, and what kind of image a section of any stain or a film is, with reasoning that says
+  how it looks (``stain_sft.jsonl``). It never sees a stain question and never names a stain.
 - GRPO turns what CPT taught into answers: ``stain_rl.jsonl`` (train) and ``stain_rl_val.jsonl`` (held out).
 
 The answer depends on the image alone: every stain question has the same text and options in the same order, and
@@ -41,13 +41,15 @@ QUESTION = "Which stain was used on this histology section?"
 
 @dataclass(frozen=True)
 class Stain:
-    """A stain: its option text, its colours (RGB) and what a caption says about it."""
+    """A stain: its option text, its colours (RGB), what a caption says about it, and how a section of it looks
+    (the reasoning SFT writes about such a section, which never names the stain)."""
 
     name: str
     stroma: tuple[int, int, int]
     nuclei: tuple[int, int, int]
     accent: tuple[int, int, int]
     captions: tuple[str, ...]
+    looks: str
 
 
 STAINS = (
@@ -55,17 +57,17 @@ STAINS = (
         "The section is pink with purple nuclei: an H&E stain.",
         "H&E stain. The section is pink; the nuclei are purple.",
         "The section is pink: haematoxylin and eosin (H&E) with purple nuclei.",
-    )),
+    ), "The section is pink with purple nuclei."),
     Stain("Masson's trichrome", (86, 128, 206), (52, 34, 70), (196, 58, 72), (
         "The section is blue with red muscle: a Masson's trichrome stain.",
         "Masson's trichrome stain. The section is blue; the muscle is red.",
         "The section is blue: Masson's trichrome with red fibres and dark nuclei.",
-    )),
+    ), "The section is blue with red muscle."),
     Stain("DAB immunohistochemistry", (206, 204, 222), (150, 96, 44), (112, 70, 34), (
         "The section is brown on pale blue: a DAB immunohistochemistry stain.",
         "DAB immunohistochemistry. The section is brown on a pale blue counterstain.",
         "The section is brown: DAB immunohistochemistry with positive cells.",
-    )),
+    ), "The section is brown on pale blue."),
 )
 EXPOSURES = (  # a film's exposure, one of SFT's questions: the option, the film's mean grey level, the reasoning
     ("underexposed", 205, "The film is pale."),
@@ -74,7 +76,8 @@ EXPOSURES = (  # a film's exposure, one of SFT's questions: the option, the film
 )
 EXPOSURE_QUESTION = "How is this radiograph exposed?"
 KIND_QUESTION = "What kind of image is this?"
-KINDS = (("histology section", "It is a stained section."), ("chest radiograph", "It is a chest film."))
+KINDS = ("histology section", "chest radiograph")
+FILM_REASONING = "It is a chest film."
 DISTRACTOR = "fundus photograph"  # a third option, so that the right letters spread over A, B and C
 IS_SECTION_QUESTION = "Is this a histology section?"
 
@@ -82,8 +85,8 @@ IS_SECTION_QUESTION = "Is this a histology section?"
 def vocabulary() -> tuple[str, ...]:
     """Every text the task writes (for a tiny tokenizer whose merges cover it)."""
     return (QUESTION, EXPOSURE_QUESTION, KIND_QUESTION, IS_SECTION_QUESTION, DISTRACTOR,
-            *(text for kind in KINDS for text in kind), *(text for e in EXPOSURES for text in (e[0], e[2])),
-            *(s.name for s in STAINS), *(c for s in STAINS for c in s.captions))
+            *KINDS, FILM_REASONING, *(text for e in EXPOSURES for text in (e[0], e[2])),
+            *(s.name for s in STAINS), *(c for s in STAINS for c in s.captions), *(s.looks for s in STAINS))
 
 
 def _smooth_noise(rng: np.random.Generator, cells: int, size: int = SIZE) -> np.ndarray:
@@ -181,15 +184,16 @@ def generate(output: str | Path, *, per_stain_train: int = 32, per_stain_val: in
             films.append(save(f"film_{i:03d}_{k}.jpg", radiograph_image(level + int(rng.integers(-15, 16)), rng)))
             conversation(films[-1], EXPOSURE_QUESTION, [e[0] for e in EXPOSURES], "multiple_choice", reasoning,
                          LETTERS[k])
-    # what kind of image, on sections of every stain and on films: the format on section images, never the stain
-    sections = [save(f"sft_{i:03d}_{k}.jpg", stain_image(stain, rng))
+    # what kind of image, on sections of every stain and on films: the format on section images, reasoning that
+    # says how the section looks (what CPT's captions say before they name the stain), never the stain
+    sections = [(save(f"sft_{i:03d}_{k}.jpg", stain_image(stain, rng)), stain.looks)
                 for i in range(per_stain_sft) for k, stain in enumerate(STAINS)]
-    for j, path in enumerate(sections + films[: len(sections)]):
-        kind, reasoning = KINDS[0] if j < len(sections) else KINDS[1]
-        order = [name for name, _ in KINDS] + [DISTRACTOR]
+    for j, (path, reasoning) in enumerate(sections + [(f, FILM_REASONING) for f in films[: len(sections)]]):
+        kind = KINDS[0] if j < len(sections) else KINDS[1]
+        order = [*KINDS, DISTRACTOR]
         order = [order[i] for i in rng.permutation(len(order))]
         conversation(path, KIND_QUESTION, order, "multiple_choice", reasoning, LETTERS[order.index(kind)])
-        conversation(path, IS_SECTION_QUESTION, [], "yes_no", reasoning, "yes" if kind == KINDS[0][0] else "no")
+        conversation(path, IS_SECTION_QUESTION, [], "yes_no", reasoning, "yes" if kind == KINDS[0] else "no")
     files["stain_sft.jsonl"] = [sft[j] for j in rng.permutation(len(sft))]
     for name, records in files.items():
         with (output / name).open("w", encoding="utf-8") as f:
