@@ -22,6 +22,7 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -39,6 +40,7 @@ from medverl.training.metrics import StageLog, draw_curves, gather, keep_aside, 
 logger = logging.getLogger(__name__)
 
 STATE = "pipeline_state.json"
+STOP_GRACE_S = 30.0  # how long a stopped stage's processes get to exit after SIGTERM, and again after SIGKILL
 DEVICES = ("cuda", "cpu")
 DEFAULT_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -615,12 +617,17 @@ def run_pipeline(pipeline: Pipeline, *, dry_run: bool = False, restart_from: str
             keep_aside(pipeline.metrics_log(stage))
         started = time.monotonic()
         with log.open("w", encoding="utf-8") as sink:
+            # its own process group, so that stopping the pipeline stops the trainer and every process it started
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                       env={**os.environ, **pipeline.environment(stage)})
-            for line in process.stdout:
-                sink.write(line)
-                out.write(line)
-            code = process.wait()
+                                       env={**os.environ, **pipeline.environment(stage)}, start_new_session=True)
+            try:
+                for line in process.stdout:
+                    sink.write(line)
+                    out.write(line)
+                code = process.wait()
+            except BaseException:  # Ctrl-C, SIGTERM (raised as SystemExit by the CLI), a broken output
+                _stop(process)
+                raise
         seconds = state.setdefault("seconds", {})
         seconds[stage.name] = seconds.get(stage.name, 0.0) + time.monotonic() - started
         _save_state(pipeline, state)
@@ -647,6 +654,26 @@ def run_pipeline(pipeline: Pipeline, *, dry_run: bool = False, restart_from: str
     return 0
 
 
+def _stop(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM to the stage's process group, SIGKILL to what is left after `grace_s`: no trainer outlives the pipeline
+    (one left running would write checkpoints that the next run resumes from)."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, grace_s)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                process.poll()
+                return
+            process.poll()  # reap the leader, so that only its group's survivors keep the group alive
+            time.sleep(0.1)
+        logger.warning("stage process group %d still runs %.0f s after %s", process.pid, wait, sig.name)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``medverl pipeline`` arguments."""
     parser.add_argument("config", help="pipeline YAML (see recipes/pipelines/)")
@@ -657,9 +684,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run this stage and the ones after it again, even if they finished")
 
 
+def _terminated(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_command(args: argparse.Namespace) -> int:
     """``medverl pipeline``: exit 0 when every stage finished, 1 when a stage failed, 2 when the pipeline cannot run
     (its file, data or environment)."""
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         pipeline = Pipeline.load(args.config)
         if args.cpu:

@@ -6,8 +6,12 @@ the way verl's checkpoint handler lays it out, so the pipeline's own logic runs 
 
 import dataclasses
 import json
+import os
 import shlex
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +29,11 @@ name = args["trainer.experiment_name"]
 with open(os.environ["TRAINER_CALLS"], "a") as f:
     f.write(json.dumps({"stage": name, "model": args.get("model.path") or args.get("actor_rollout_ref.model.path")}) + "\n")
 print(f"training {name}")
+if name == os.environ.get("HANG_STAGE"):  # a trainer that started a worker of its own, then runs until stopped
+    import subprocess, time
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    open(os.environ["HANG_PIDS"], "w").write(f"{os.getpid()} {worker.pid}")
+    time.sleep(600)
 if name == os.environ.get("FAIL_STAGE"):
     print("CUDA out of memory", file=sys.stderr)
     sys.exit(3)
@@ -270,3 +279,32 @@ def test_a_query_type_no_stage_reward_knows_is_named_before_anything_runs(workdi
     overrides = [f"reward.custom_reward_function.reward_kwargs.plugins=[{plugin}]"]
     assert main(["pipeline", str(_config(workdir, stages=[{**stage, "overrides": overrides}])), "--dry-run"]) == 0
     assert "findings_count" not in registry.REGISTRY.names()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"  # a zombie has exited
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_pipeline_stops_its_trainer_and_what_the_trainer_started(workdir: Path, sig) -> None:
+    """A trainer left running would write checkpoints into the output directory that the next run resumes from."""
+    pids = workdir / "pids"
+    env = {**os.environ, "HANG_STAGE": "sft1", "HANG_PIDS": str(pids)}
+    pipeline = subprocess.Popen([sys.executable, "-m", "medverl", "pipeline", str(_config(workdir))], cwd=workdir,
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not pids.exists() or len(pids.read_text().split()) < 2:
+        assert pipeline.poll() is None and time.monotonic() < deadline, pipeline.stderr.read()
+        time.sleep(0.1)
+    trainer, worker = map(int, pids.read_text().split())
+    pipeline.send_signal(sig)
+    assert pipeline.wait(timeout=60) != 0
+    deadline = time.monotonic() + 10
+    while (_alive(trainer) or _alive(worker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(trainer) and not _alive(worker)
+    assert [c["stage"] for c in _calls(workdir)] == ["cpt", "sft1"]
