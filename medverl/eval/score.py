@@ -41,6 +41,7 @@ from medverl.eval.benchmarks import BENCHMARKS, PUBLISHED
 from medverl.eval.judge import AnswerJudge, judge_open_answers, judged_counts
 from medverl.qc.judge import JudgeConfig
 from medverl.rewards import (
+    REGISTRY,
     InvalidReference,
     RewardOptions,
     UnknownQueryType,
@@ -123,7 +124,7 @@ def score_answer(
     if compat == "medevalkit":
         acc, parsed, pred, reason = _compat_medevalkit(
             response, ground_truth, extra_info, meta, rng or random.Random(medevalkit.MEDEVALKIT_SEED))
-    answer_type = str(meta.get("answer_type") or ("open" if result.query_type == "jaccard" else "closed"))
+    answer_type = str(meta.get("answer_type") or REGISTRY.get(result.query_type).answer_type)
     recall = f1 = None
     if answer_type == "open":
         recall, f1 = _token_recall_f1(pred, parse_ground_truth(ground_truth)) if pred else (0.0, 0.0)

@@ -23,7 +23,7 @@ def validate_text_reference(golds: tuple[str, ...]) -> None:
             raise InvalidReference(f"reference {gold!r} has no words or characters left after normalisation")
 
 
-@register("jaccard", validate=validate_text_reference)
+@register("jaccard", validate=validate_text_reference, answer_type="open")
 def jaccard(answer: str, golds: tuple[str, ...]) -> Verdict:
     """Jaccard similarity of token sets, best over the acceptable answers.
 

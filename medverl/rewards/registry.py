@@ -19,6 +19,7 @@ from typing import NamedTuple, Union
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "medverl.rewards"
+ANSWER_TYPES = ("closed", "open")
 
 
 class Verdict(NamedTuple):
@@ -66,6 +67,8 @@ class RewardSpec:
         validate: ``validate(golds, **params)`` raises :class:`InvalidReference` for a reference no answer can
             match; data preparation calls it on every row.
         source: where it came from ("built-in", a module or a file).
+        answer_type: "closed" (one right answer among few: a letter, yes/no, a number) or "open" (free text, scored
+            by overlap); evaluation reports the two apart unless a row's ``meta.answer_type`` says otherwise.
     """
 
     name: str
@@ -73,6 +76,7 @@ class RewardSpec:
     extra_info_keys: tuple[str, ...] = ()
     validate: ReferenceValidator | None = None
     source: str = ""
+    answer_type: str = "closed"
 
     @property
     def doc(self) -> str:
@@ -95,13 +99,17 @@ class Registry:
         *,
         extra_info_keys: Sequence[str] = (),
         validate: ReferenceValidator | None = None,
+        answer_type: str = "closed",
     ) -> Callable[[RewardFn], RewardFn]:
         """Decorator registering `fn` as the reward of query_type `name`; a name can be registered once."""
         if not name or not isinstance(name, str):
             raise ValueError(f"query_type name must be a non-empty string, got {name!r}")
+        if answer_type not in ANSWER_TYPES:
+            raise ValueError(f"answer_type of query_type {name!r} must be one of {', '.join(ANSWER_TYPES)}, got "
+                             f"{answer_type!r}")
 
         def decorator(fn: RewardFn) -> RewardFn:
-            spec = RewardSpec(name, fn, tuple(extra_info_keys), validate, _source_of(fn))
+            spec = RewardSpec(name, fn, tuple(extra_info_keys), validate, _source_of(fn), answer_type)
             with self._lock:
                 existing = self._specs.get(name)
                 if existing is not None and existing.fn is not fn:
@@ -262,7 +270,8 @@ REGISTRY = Registry()
 
 
 def register(
-    name: str, *, extra_info_keys: Sequence[str] = (), validate: ReferenceValidator | None = None
+    name: str, *, extra_info_keys: Sequence[str] = (), validate: ReferenceValidator | None = None,
+    answer_type: str = "closed",
 ) -> Callable[[RewardFn], RewardFn]:
     """Decorator registering a reward for query_type `name` in the process-wide registry."""
-    return REGISTRY.register(name, extra_info_keys=extra_info_keys, validate=validate)
+    return REGISTRY.register(name, extra_info_keys=extra_info_keys, validate=validate, answer_type=answer_type)
