@@ -188,6 +188,55 @@ def laterality(answer, golds):
 '''
 
 
+TINY_GRPO = (
+    "data.train_batch_size=4", "data.max_prompt_length=1024", "data.max_response_length=8",
+    "actor_rollout_ref.rollout.max_model_len=1100", "actor_rollout_ref.rollout.n=2",
+    "actor_rollout_ref.actor.ppo_mini_batch_size=4", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
+    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
+    "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8", "reward.num_workers=1", "trainer.save_freq=-1",
+    "trainer.total_epochs=100",
+)
+
+
+def _stain_rl(tmp_path: Path, extra: list[dict] = (), plugin: Path | None = None) -> tuple[Path, Path]:
+    """Four prepared stain questions (and `extra` records), as training and validation data. Each question is worded
+    at its own length: sequences all of one length (a random model's responses all run to the limit) trip verl
+    0.9.1's nested-tensor micro-batching (``split_with_sizes`` in ``index_select_tensor_dict``)."""
+    records = [json.loads(line) for line in (REPO / "examples/data/stain_rl.jsonl").read_text().splitlines()[:4]]
+    for i, record in enumerate(records):
+        record["question"] = "Look closely. " * i + record["question"]
+    (tmp_path / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*records[: 4 - len(extra)], *extra]))
+    for split in ("train", "test"):
+        args = ["prep", "rl", str(tmp_path / "rl.jsonl"), "--output", str(tmp_path / split), "--split", split,
+                "--image-root", str(REPO / "examples/data/images")]
+        assert main([*args, *(["--plugins", str(plugin)] if plugin else [])]) == 0
+    return tmp_path / "train", tmp_path / "test"
+
+
+def test_length_shaping_runs_in_the_cpu_pipeline_and_its_penalty_reaches_the_metrics(tmp_path: Path) -> None:
+    """length_shaping=overlong (verl's dapo reward manager) on a random model, whose responses run to the limit of 8
+    tokens: with the penalty starting 4 tokens before it, every rollout loses the whole penalty_factor."""
+    from medverl.pipeline import Pipeline, Stage, run_pipeline
+    from medverl.training.tiny_qwen import save_tiny_model
+
+    train, val = _stain_rl(tmp_path)
+    stage = Stage("grpo", "grpo", (str(train),), (str(val),), overrides=(
+        *TINY_GRPO, "length_shaping=overlong", "reward.reward_kwargs.overlong_buffer_cfg.len=4",
+        "trainer.total_training_steps=2", "trainer.test_freq=2", "trainer.save_freq=2",
+    ))
+    pipeline = Pipeline(model=str(save_tiny_model(tmp_path / "model")), output=tmp_path / "out", stages=(stage,),
+                        gpus_per_node=1, device="cpu")
+    with (tmp_path / "pipeline.log").open("w") as log:
+        assert run_pipeline(pipeline, out=log) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["step"] > 0]
+    assert len(steps) == 2 and all(r["response_length/mean"] == 8 for r in steps)
+    assert all(r["critic/score/mean"] == pytest.approx(-1.0) for r in steps)  # format 0, penalty -1
+    validation = rows[-1]
+    assert validation["val-aux/synthetic_stain/overlong_reward/mean@1"] == pytest.approx(-1.0)
+    assert validation["val-aux/synthetic_stain/format/mean@1"] == 0.0  # medverl's extras survive the dapo manager
+
+
 def test_a_raw_main_ppo_run_stops_at_a_query_type_no_reward_knows(tmp_path: Path) -> None:
     """Rows prepared with a reward plugin, trained without it: verl's agent loop catches the reward's error and would
     train on without those rows; the recipe's replay buffer ends main_ppo at its first step instead."""
@@ -196,21 +245,11 @@ def test_a_raw_main_ppo_run_stops_at_a_query_type_no_reward_knows(tmp_path: Path
 
     plugin = tmp_path / "laterality.py"
     plugin.write_text(LATERALITY)
-    records = [json.loads(line) for line in (REPO / "examples/data/stain_rl.jsonl").read_text().splitlines()[:3]]
-    records.append({"question": "Which side is the lesion on?", "answer": "left", "query_type": "laterality",
-                    "image": records[0]["image"], "data_source": "sides"})
-    (tmp_path / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    for split in ("train", "test"):
-        assert main(["prep", "rl", str(tmp_path / "rl.jsonl"), "--output", str(tmp_path / split), "--split", split,
-                     "--image-root", str(REPO / "examples/data/images"), "--plugins", str(plugin)]) == 0
-    stage = Stage("grpo", "grpo", (str(tmp_path / "train"),), (str(tmp_path / "test"),), overrides=(
-        "data.train_batch_size=4", "data.max_prompt_length=1024", "data.max_response_length=8",
-        "actor_rollout_ref.rollout.max_model_len=1100", "actor_rollout_ref.rollout.n=2",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=4", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
-        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8", "reward.num_workers=1",
-        "trainer.val_before_train=false", "trainer.total_training_steps=2", "trainer.save_freq=-1",
-        "trainer.logger=[console]",
+    image = json.loads((REPO / "examples/data/stain_rl.jsonl").read_text().splitlines()[0])["image"]
+    train, val = _stain_rl(tmp_path, [{"question": "Which side is the lesion on?", "answer": "left",
+                                       "query_type": "laterality", "image": image, "data_source": "sides"}], plugin)
+    stage = Stage("grpo", "grpo", (str(train),), (str(val),), overrides=(
+        *TINY_GRPO, "trainer.val_before_train=false", "trainer.total_training_steps=2", "trainer.logger=[console]",
     ))
     pipeline = Pipeline(model=str(save_tiny_model(tmp_path / "model")), output=tmp_path / "out", stages=(stage,),
                         gpus_per_node=1, device="cpu")

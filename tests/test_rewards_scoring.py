@@ -120,7 +120,7 @@ def test_unknown_query_type_names_known_ones_closest_match_and_row() -> None:
         score("<answer>B</answer>", extra={"query_type": "multiple_choise", "index": 7})
     message = str(err.value)
     assert "Did you mean 'multiple_choice'?" in message
-    assert "exact_match, jaccard, multiple_choice, yes_no" in message
+    assert "bbox_iou, exact_match, jaccard, multi_label, multiple_choice, numeric, open_text, yes_no" in message
     assert "index=7" in message and "data_source='test'" in message
 
 

@@ -210,6 +210,32 @@ def test_naive_reward_manager_run_single(
     assert {"num_turns", "rollout_reward_scores"} <= set(data.non_tensor_batch["extra_info"][0])
 
 
+def test_length_shaping_overlong_penalises_long_responses_and_keeps_medverls_extras(
+    tokenizer_dir: Path, tokenizer
+) -> None:
+    """length_shaping=overlong: verl's dapo manager, max_resp_len from data.max_response_length, 8 tokens of buffer."""
+    cfg = compose_recipe(tokenizer_dir, "length_shaping=overlong", f"data.max_response_length={RESPONSE_LEN}",
+                         "reward.reward_kwargs.overlong_buffer_cfg.len=8", *GRPO_KL_OVERRIDES)
+    validate(cfg)
+    assert cfg.reward.reward_manager.name == "dapo" and cfg.reward.reward_kwargs.max_resp_len == RESPONSE_LEN
+    manager = load_reward_manager(cfg, tokenizer)
+    rows = []
+    for reasoning in ("x", "x " * 60):  # a short response, and one cut at RESPONSE_LEN tokens
+        data = make_batch(tokenizer, [{"response": f"<think>{reasoning}</think><answer>B</answer>", "gold": "B",
+                                       "extra_info": MC}])
+        length = int(data.batch["attention_mask"][0, PROMPT_LEN:].sum())
+        rows.append((length, manager.loop.run_until_complete(manager.run_single(data))))
+    (short, kept), (long, cut) = rows
+    assert short < RESPONSE_LEN - 8 and long == RESPONSE_LEN
+    assert kept["reward_score"] == pytest.approx(1.0) and float(kept["reward_extra_info"]["overlong_reward"]) == 0
+    # the cut response never closed its answer (format 0); it loses penalty_factor * 8/8 more at max length
+    assert cut["reward_extra_info"]["format"] == 0.0
+    assert float(cut["reward_score"]) == pytest.approx(-1.0)
+    assert float(cut["reward_extra_info"]["overlong_reward"]) == pytest.approx(-1.0)
+    for _, out in rows:  # medverl's keys, then the manager's own two, the same for every sample
+        assert list(out["reward_extra_info"]) == [*RESULT_KEYS, "overlong_reward", "overlong"]
+
+
 def test_think_tags_survive_verls_decode(tokenizer) -> None:
     """Like Qwen3's, the tiny tokenizer's <think> tokens are not special: verl's decode keeps them."""
     ids = tokenizer("<think>x</think><answer>B</answer><|im_end|>")["input_ids"]

@@ -6,7 +6,8 @@
 guessed), reject bad lines into ``rejects.jsonl`` with their line number and reason, and exit 1 when there is one.
 ``compat="medevalkit"`` gives MedEvalKit's rule-path verdicts (:mod:`medverl.eval.medevalkit`), for comparison
 with numbers published from it: yes/no as substrings (so "nodule" reads as "no"), open answers by exact match after
-its parse, an unreadable multiple-choice answer given the most similar choice, MMMU's random letter under its seed.
+its parse, an unreadable multiple-choice answer given the most similar choice, MMMU's random letter under its seed;
+its open questions also carry its BLEU / ROUGE / F1 (``medevalkit_open``, per sample and per benchmark).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class SampleScore:
     meta: dict = field(default_factory=dict)
     id: object = None
     judge: str | None = None  # with an LLM judge: "correct", "wrong" or "failed" (the call failed: not a verdict)
+    medevalkit_open: dict | None = None  # --compat medevalkit, its open questions: MedEvalKit's BLEU/ROUGE/F1 values
 
 
 def _token_recall_f1(pred: str, golds: tuple[str, ...]) -> tuple[float, float]:
@@ -97,8 +99,9 @@ COMPAT_MODES = ("medevalkit",)
 
 def _compat_medevalkit(
     response: str, ground_truth: object, info: Mapping, meta: Mapping, rng: random.Random,
-) -> tuple[float, bool, str, str]:
-    """(acc, parsed, pred, reason) by MedEvalKit's rule path (:mod:`medverl.eval.medevalkit`)."""
+) -> tuple[float, bool, str, str, dict | None]:
+    """(acc, parsed, pred, reason, open metrics) by MedEvalKit's rule path (:mod:`medverl.eval.medevalkit`); the
+    open metrics (``medevalkit.open_metrics``) are None for a question MedEvalKit does not score as open."""
     view = meta.get("medevalkit")
     if not isinstance(view, Mapping):
         golds = parse_ground_truth(ground_truth)
@@ -106,7 +109,7 @@ def _compat_medevalkit(
                                                parse_options(info.get("options")))
     result = medevalkit.verdict(view, response, rng)
     reason = f"fallback: {result.fallback}" if result.fallback else ""
-    return float(result.correct), not result.fallback, result.pred, reason
+    return float(result.correct), not result.fallback, result.pred, reason, medevalkit.open_metrics(view, response)
 
 
 def score_answer(
@@ -121,15 +124,16 @@ def score_answer(
     meta = json.loads(extra_info.get("meta") or "{}") if isinstance(extra_info.get("meta"), str) else {}
     result = score_sample(response, ground_truth, extra_info, options)
     acc, parsed, pred, reason = result.acc, result.parsed, result.pred, result.reason
+    open_metrics = None
     if compat == "medevalkit":
-        acc, parsed, pred, reason = _compat_medevalkit(
+        acc, parsed, pred, reason, open_metrics = _compat_medevalkit(
             response, ground_truth, extra_info, meta, rng or random.Random(medevalkit.MEDEVALKIT_SEED))
     answer_type = str(meta.get("answer_type") or REGISTRY.get(result.query_type).answer_type)
     recall = f1 = None
     if answer_type == "open":
         recall, f1 = _token_recall_f1(pred, parse_ground_truth(ground_truth)) if pred else (0.0, 0.0)
     return SampleScore(model, data_source, index, result.query_type, answer_type, result.score, acc, result.format,
-                       parsed, pred, reason, recall, f1, meta, id)
+                       parsed, pred, reason, recall, f1, meta, id, medevalkit_open=open_metrics)
 
 
 # --- medverl score: predictions with their own ground truth ---------------------------------------------------
@@ -346,6 +350,9 @@ def benchmark_metrics(scores: list[SampleScore]) -> dict[str, dict]:
             "missing": sum(1 for s in items if s.reason == "no prediction"),
             **judged_counts(items),
         }
+        compat_open = [s.medevalkit_open for s in items if s.medevalkit_open is not None]
+        if compat_open:  # --compat medevalkit: its open-question BLEU / ROUGE / F1, as its cal_metrics averages them
+            metrics[source]["medevalkit_open"] = medevalkit.aggregate_open_metrics(compat_open)
     return metrics
 
 
@@ -425,6 +432,23 @@ def bar_chart(header: list[str], rows: list[list[str]], path: Path) -> None:
     plt.close(figure)
 
 
+def _medevalkit_open_lines(metrics: Mapping[str, dict]) -> list[str]:
+    """The report's table of MedEvalKit's open-question metrics (``--compat medevalkit`` only)."""
+    rows = {source: m["medevalkit_open"] for source, m in metrics.items() if "medevalkit_open" in m}
+    if not rows:
+        return []
+    keys = medevalkit.OPEN_METRIC_KEYS
+    lines = ["", "MedEvalKit's open-question metrics (utils/utils.py judge_open_end_vqa, averaged as its cal_metrics "
+             "does; fractions). Its labels are kept: \"precision\" holds the token F1, \"recall\" the precision and "
+             "\"f1\" the recall. Where MedEvalKit raises on some answer (an empty one fails its ROUGE), it writes no "
+             "metrics for the benchmark: the cells are \"-\" and the raises are counted.", "",
+             "| benchmark | open n | " + " | ".join(keys) + " | raises |", "|---|" + "---:|" * (len(keys) + 2)]
+    for source, m in rows.items():
+        cells = ["-" if m[k] is None else f"{m[k]:.4f}" for k in keys]
+        lines.append(f"| {source} | {m['total']} | " + " | ".join(cells) + f" | {m['errors']} |")
+    return lines
+
+
 def write_report(runs: dict[str, list[SampleScore]], output: str | Path) -> dict[str, dict[str, dict]]:
     """Per-sample JSONL, metrics JSON, the seed table (markdown and CSV) and the bar chart, in `output`."""
     output = Path(output)
@@ -433,7 +457,10 @@ def write_report(runs: dict[str, list[SampleScore]], output: str | Path) -> dict
     with (output / "samples.jsonl").open("w", encoding="utf-8") as f:
         for scores in runs.values():
             for s in scores:
-                f.write(json.dumps(asdict(s), ensure_ascii=False) + "\n")
+                record = asdict(s)
+                if record["medevalkit_open"] is None:  # only --compat medevalkit's open questions carry it
+                    del record["medevalkit_open"]
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
     header, rows = seed_table(per_model)
     lines = ["# Medical benchmarks", "", markdown_table(header, rows)]
     for model, metrics in per_model.items():
@@ -450,6 +477,7 @@ def write_report(runs: dict[str, list[SampleScore]], output: str | Path) -> dict
                       "wrong answers; a run given this run's --judge-cache asks only for these):", "",
                       "| benchmark | judged | judge failures |", "|---|---:|---:|"]
             lines += [f"| {b} | {m['judged']} | {m['judge_failures']} |" for b, m in judged.items()]
+        lines += _medevalkit_open_lines(metrics)
         for key in ("language", "question_type", "modality"):
             groups = group_metrics(runs[model], key)
             if groups:

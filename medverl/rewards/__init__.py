@@ -9,7 +9,7 @@ Register a reward for a new query_type::
         ...
 """
 
-from medverl.rewards import choice, match, yes_no  # noqa: F401  (built-ins register on import)
+from medverl.rewards import boxes, choice, labels, match, numeric, report, yes_no  # noqa: F401  (built-ins register)
 from medverl.rewards.choice import extract_choice
 from medverl.rewards.format import FormatCheck, answer_region, check_format
 from medverl.rewards.registry import (

@@ -69,6 +69,8 @@ class RewardSpec:
         source: where it came from ("built-in", a module or a file).
         answer_type: "closed" (one right answer among few: a letter, yes/no, a number) or "open" (free text, scored
             by overlap); evaluation reports the two apart unless a row's ``meta.answer_type`` says otherwise.
+        whole_ground_truth: `golds` is the ground truth as one string, never split as a JSON list of alternatives
+            (a box ``[x1, y1, x2, y2]`` is one answer, not four).
     """
 
     name: str
@@ -77,6 +79,7 @@ class RewardSpec:
     validate: ReferenceValidator | None = None
     source: str = ""
     answer_type: str = "closed"
+    whole_ground_truth: bool = False
 
     @property
     def doc(self) -> str:
@@ -100,6 +103,7 @@ class Registry:
         extra_info_keys: Sequence[str] = (),
         validate: ReferenceValidator | None = None,
         answer_type: str = "closed",
+        whole_ground_truth: bool = False,
     ) -> Callable[[RewardFn], RewardFn]:
         """Decorator registering `fn` as the reward of query_type `name`; a name can be registered once."""
         if not name or not isinstance(name, str):
@@ -109,7 +113,8 @@ class Registry:
                              f"{answer_type!r}")
 
         def decorator(fn: RewardFn) -> RewardFn:
-            spec = RewardSpec(name, fn, tuple(extra_info_keys), validate, _source_of(fn), answer_type)
+            spec = RewardSpec(name, fn, tuple(extra_info_keys), validate, _source_of(fn), answer_type,
+                              whole_ground_truth)
             with self._lock:
                 existing = self._specs.get(name)
                 if existing is not None and existing.fn is not fn:
@@ -271,7 +276,8 @@ REGISTRY = Registry()
 
 def register(
     name: str, *, extra_info_keys: Sequence[str] = (), validate: ReferenceValidator | None = None,
-    answer_type: str = "closed",
+    answer_type: str = "closed", whole_ground_truth: bool = False,
 ) -> Callable[[RewardFn], RewardFn]:
     """Decorator registering a reward for query_type `name` in the process-wide registry."""
-    return REGISTRY.register(name, extra_info_keys=extra_info_keys, validate=validate, answer_type=answer_type)
+    return REGISTRY.register(name, extra_info_keys=extra_info_keys, validate=validate, answer_type=answer_type,
+                             whole_ground_truth=whole_ground_truth)

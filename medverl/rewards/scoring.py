@@ -137,6 +137,17 @@ def parse_ground_truth(ground_truth: object) -> tuple[str, ...]:
     return _non_blank(golds, ground_truth)
 
 
+def whole_ground_truth(ground_truth: object) -> tuple[str]:
+    """The ground truth as one answer (for rewards registered with ``whole_ground_truth=True``).
+
+    >>> whole_ground_truth("[10, 20, 110, 220]")
+    ('[10, 20, 110, 220]',)
+    """
+    if not isinstance(ground_truth, str):
+        raise InvalidReference(f"ground_truth must be a string for this query_type, got {ground_truth!r:.80}")
+    return _non_blank((ground_truth,), ground_truth)  # type: ignore[return-value]
+
+
 def _non_blank(golds: tuple[str, ...], ground_truth: object) -> tuple[str, ...]:
     golds = tuple(g for g in golds if g.strip())
     if not golds:
@@ -189,7 +200,7 @@ def check_reference(
         raise InvalidReference(f"extra_info must be a mapping (a dict of query_type, options, ...), got "
                                f"{type(extra_info).__name__}")
     spec = resolve_query_type(extra_info, options)
-    golds = parse_ground_truth(ground_truth)
+    golds = whole_ground_truth(ground_truth) if spec.whole_ground_truth else parse_ground_truth(ground_truth)
     if spec.extra_info_keys:
         params = {key: _hashable((extra_info or {}).get(key)) for key in spec.extra_info_keys}
         key: tuple | None = (spec.validate, golds, *params.values())
