@@ -11,8 +11,9 @@ Each timed repeat scores a corpus drawn with a new seed (new option sets and res
 a GRPO group), so the caches inside the rewards are only as warm as in training; the best repeat counts. The process
 is pinned to one core.
 
-Targets: per query type at least as fast as geo3k (ratio >= 1.0); >= 200,000 responses/s for multiple_choice on
-~1 KB outputs; < 10 ms for every adversarial output of up to 1 Mi characters.
+Targets: for the seed's query types, at least as fast as geo3k (ratio >= 1.0) and < 10 ms for every adversarial
+output of up to 1 Mi characters; >= 200,000 responses/s for multiple_choice on ~1 KB outputs. The rewards beyond the
+seed (multi_label, numeric, bbox_iou, open_text) are measured beside them, with < 50 ms for every adversarial output.
 """
 
 from __future__ import annotations
@@ -37,10 +38,13 @@ from verl.utils.reward_score import geo3k
 
 from medverl.rewards.choice import LETTERS
 
-QUERY_TYPES = ("multiple_choice", "yes_no", "jaccard", "exact_match")
+SEED_TYPES = ("multiple_choice", "yes_no", "jaccard", "exact_match")
+# rewards beyond the seed's: no throughput target, and a looser latency bound on adversarial output
+NEW_TYPES = ("multi_label", "numeric", "bbox_iou", "open_text")
+QUERY_TYPES = SEED_TYPES + NEW_TYPES
 GROUP_SIZE = 8  # responses per prompt, as in a GRPO rollout
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "common" / "rewards.yaml"
-MC_TARGET, RATIO_TARGET, LATENCY_TARGET_S = 200_000.0, 1.0, 0.010
+MC_TARGET, RATIO_TARGET, LATENCY_TARGET_S, NEW_LATENCY_TARGET_S = 200_000.0, 1.0, 0.010, 0.050
 
 DIAGNOSES = [
     "Pulmonary edema", "Lobar pneumonia", "Pleural effusion", "Pneumothorax", "Atelectasis", "Pulmonary embolism",
@@ -165,6 +169,43 @@ def _free_text_answer(rng: random.Random, gold: str, paraphrases: list[str]) -> 
     return rng.choice(FINDINGS)[0]
 
 
+def _new_type_group(query_type: str, rng: random.Random) -> tuple[str, dict, list[str]]:
+    """A ground truth, its row's meta and a GROUP_SIZE group of answers (right, close, wrong) for a new reward."""
+    if query_type == "multi_label":
+        names = [f for f, _ in FINDINGS if not any(sep in f for sep in (",", ";", " and "))]
+        labels = rng.sample(names, rng.randint(1, 4))
+        others = [f for f in names if f not in labels]
+        meta = {"synonyms": {labels[0]: [f"{labels[0]} finding"]}}
+        answers = [", ".join(rng.sample(labels, rng.randint(1, len(labels))) + rng.sample(others, rng.randint(0, 2)))
+                   for _ in range(GROUP_SIZE)]
+        return "; ".join(labels), meta, [rng.choice([a, a.replace(", ", "\n- "), a.replace(", ", " and ")])
+                                         for a in answers]
+    if query_type == "numeric":
+        gold = rng.randint(3, 80)
+        answers = [rng.choice([f"{gold} mm", f"{gold / 10} cm", f"about {gold + rng.randint(-3, 3)} mm",
+                               f"The lesion measures {gold + rng.randint(-2, 2)} mm.", f"{gold} mm or {gold + 2} mm",
+                               f"{gold}mm", "cannot be measured"]) for _ in range(GROUP_SIZE)]
+        return f"{gold} mm", {"abs_tol": 1}, answers
+    if query_type == "bbox_iou":
+        x, y = rng.randint(0, 600), rng.randint(0, 600)
+        gold = [x, y, x + rng.randint(50, 300), y + rng.randint(50, 300)]
+
+        def jitter() -> list[int]:
+            return [min(1000, max(0, v + rng.randint(-40, 40))) for v in gold]
+
+        answers = []
+        for _ in range(GROUP_SIZE):
+            box = sorted(jitter()[:2]) + sorted(jitter()[2:])
+            answers.append(rng.choice([str(box), json.dumps([{"bbox_2d": box, "label": "lesion"}]),
+                                       f"The lesion is at ({box[0]}, {box[1]}, {box[2]}, {box[3]}).", "no lesion"]))
+        return str(gold), {"box_format": "qwen3", "iou_threshold": 0.5} if rng.random() < 0.3 else {
+            "box_format": "qwen3"}, answers
+    reference = " ".join(rng.choice(SENTENCES) for _ in range(rng.randint(1, 3)))
+    answers = [" ".join(rng.choice([reference, *SENTENCES]) for _ in range(rng.randint(1, 3)))
+               for _ in range(GROUP_SIZE)]
+    return reference, {"metric": rng.choice(["rouge_l", "rouge_l", "bleu"])}, answers
+
+
 def build_corpus(query_type: str, n: int, seed: str, min_len: int = 200, max_len: int = 4000) -> list[Sample]:
     """`n` responses of `min_len`..`max_len` characters to `n / GROUP_SIZE` fresh prompts of one query type."""
     rng = random.Random(seed)
@@ -184,6 +225,10 @@ def build_corpus(query_type: str, n: int, seed: str, min_len: int = 200, max_len
             mentions = []
             answers = [rng.choice(rng.choice([YES_ANSWERS, NO_ANSWERS, YES_ANSWERS, NO_ANSWERS, UNCLEAR_ANSWERS]))
                        for _ in range(GROUP_SIZE)]
+        elif query_type in NEW_TYPES:
+            ground_truth, meta, answers = _new_type_group(query_type, rng)
+            extra_info["meta"] = json.dumps(meta)
+            mentions = [f"The {rng.choice(FINDINGS)[0]} measures {rng.randint(3, 40)} mm."]
         else:
             gold, paraphrases = rng.choice(FINDINGS)
             ground_truth = json.dumps([gold, paraphrases[0]]) if rng.random() < 0.1 else gold
@@ -301,6 +346,19 @@ def adversarial_outputs(size: int = 1 << 20, answer_cap: int = 8000) -> dict[str
     for name, (head, unit) in unicode_bodies.items():
         cases[f"8 KB {name}"] = answer(head + fill(unit, answer_cap - len(head)))
         cases[f"1 Mi {name}"] = answer(head + fill(unit, size - 80))
+    # what the rewards beyond the seed parse: boxes, numbers, label lists, long reports
+    cases.update({
+        "10k boxes (1 Mi answer)": answer(fill("[10, 20, 30, 40] ", size - 80)),
+        "8 KB of boxes": answer(fill("[10, 20, 30, 40] ", answer_cap)),
+        "8 KB NaN, inverted and huge boxes": answer(fill("[nan, 1e308, -5, 3] [30, 40, 10, 20] ", answer_cap)),
+        "8 KB '[' then digits": answer("[" * (answer_cap // 2) + fill("1,", answer_cap // 2)),
+        "1 Mi digits": answer("9" * (size - 80)),
+        "8 KB numbers with units": answer(fill("1e308 mm, NaN %, 1,000.5 cm or ", answer_cap)),
+        "8 KB '5 mm or 6 mm'": answer(fill("5 mm or 6 mm ", answer_cap)),
+        "1 Mi of labels": answer(fill("effusion, cardiomegaly; edema and ", size - 80)),
+        "8 KB of labels": answer(fill("effusion, cardiomegaly; edema and ", answer_cap)),
+        "8 KB one report sentence repeated": answer(fill("Heart size is normal. ", answer_cap)),
+    })
     cases["1 Mi combining marks, mixed classes, in <think>"] = (
         "<think>B" + fill("\u0301\u0316", size - 40) + "</think><answer>B</answer>"
     )
@@ -316,6 +374,12 @@ def worst_latency(
         "yes_no": ("yes", {}),
         "jaccard": ("right lower lobe consolidation", {}),
         "exact_match": ("right lower lobe consolidation", {}),
+        "multi_label": ("pleural effusion; cardiomegaly", {"meta": json.dumps({"synonyms": {"cardiomegaly": [
+            "enlarged heart"]}})}),
+        "numeric": ("12 mm", {"meta": json.dumps({"abs_tol": 1})}),
+        "bbox_iou": ("[100, 200, 300, 400]", {"meta": json.dumps({"box_format": "qwen3"})}),
+        "open_text": ("No acute cardiopulmonary process. Heart size is normal.", {"meta": json.dumps({
+            "metric": "rouge_l"})}),
     }
     latencies: dict[str, dict[str, float]] = {}
     for query_type, (gold, fields) in references.items():
@@ -376,8 +440,8 @@ def main() -> None:
         rps = compare({"ours": ours, "geo3k": verl_geo3k}, functools.partial(_corpus, query_type, n), repeats)
         ratio = rps["ours"] / rps["geo3k"]
         throughput[query_type] = {"n": n, "ours_rps": rps["ours"], "geo3k_rps": rps["geo3k"], "ratio": ratio}
-        print(f"| {query_type} | {n:,} | {rps['ours']:,.0f} | {rps['geo3k']:,.0f} | {ratio:.1f} "
-              f"| {_verdict(ratio >= RATIO_TARGET)} |")
+        verdict = _verdict(ratio >= RATIO_TARGET) if query_type in SEED_TYPES else "(none: beyond the seed)"
+        print(f"| {query_type} | {n:,} | {rps['ours']:,.0f} | {rps['geo3k']:,.0f} | {ratio:.1f} | {verdict} |")
     results["throughput"] = throughput
 
     def mc_1kb(k: int) -> list[Sample]:
@@ -395,14 +459,16 @@ def main() -> None:
     cases = adversarial_outputs()
     latencies = worst_latency(ours_fn, cases, repeats=3)
     print(f"\n## Worst case over {len(cases)} adversarial outputs of up to 1 Mi characters (best of 3 runs each)\n")
-    print("| query type | worst latency | worst input | inputs over 10 ms | target < 10 ms |\n|---|---:|---|---:|---|")
+    print("| query type | worst latency | worst input | inputs over target | target |\n|---|---:|---|---:|---|")
     adversarial: dict[str, object] = {}
     for query_type, by_input in latencies.items():
         name, seconds = max(by_input.items(), key=lambda kv: kv[1])
-        slow = sum(s >= LATENCY_TARGET_S for s in by_input.values())
-        adversarial[query_type] = {"worst_ms": seconds * 1e3, "worst_input": name,
+        target = LATENCY_TARGET_S if query_type in SEED_TYPES else NEW_LATENCY_TARGET_S
+        slow = sum(s >= target for s in by_input.values())
+        adversarial[query_type] = {"worst_ms": seconds * 1e3, "worst_input": name, "target_ms": target * 1e3,
                                    "ms": {k: v * 1e3 for k, v in by_input.items()}}
-        print(f"| {query_type} | {seconds * 1e3:.2f} ms | {name} | {slow} | {_verdict(seconds < LATENCY_TARGET_S)} |")
+        print(f"| {query_type} | {seconds * 1e3:.2f} ms | {name} | {slow} | < {target * 1e3:.0f} ms: "
+              f"{_verdict(seconds < target)} |")
     results["adversarial"] = adversarial
     ranked = sorted(((s, qt, name) for qt, d in latencies.items() for name, s in d.items()), reverse=True)
     print("\nSlowest (query type, input) pairs:\n")
@@ -410,18 +476,23 @@ def main() -> None:
     for seconds, query_type, name in ranked[:12]:
         print(f"| {seconds * 1e3:.2f} ms | {query_type} | {name} |")
 
-    worst_s = ranked[0][0]
+    seed_worst = max((s, qt, name) for s, qt, name in ranked if qt in SEED_TYPES)
+    new_worst = max((s, qt, name) for s, qt, name in ranked if qt in NEW_TYPES)
     results["targets"] = {
-        "ratio_ge_1": all(t["ratio"] >= RATIO_TARGET for t in throughput.values()),
+        "ratio_ge_1": all(throughput[t]["ratio"] >= RATIO_TARGET for t in SEED_TYPES),
         "mc_1kb_ge_200k": mc >= MC_TARGET,
-        "adversarial_lt_10ms": worst_s < LATENCY_TARGET_S,
+        "adversarial_lt_10ms": seed_worst[0] < LATENCY_TARGET_S,
+        "new_types_adversarial_lt_50ms": new_worst[0] < NEW_LATENCY_TARGET_S,
     }
     print("\n## Targets\n")
-    print(f"- ratio ours/geo3k >= 1.0 for every query type: "
-          f"{_verdict(results['targets']['ratio_ge_1'])} (lowest {min(t['ratio'] for t in throughput.values()):.1f})")
+    print(f"- ratio ours/geo3k >= 1.0 for the seed's query types: {_verdict(results['targets']['ratio_ge_1'])} "
+          f"(lowest {min(throughput[t]['ratio'] for t in SEED_TYPES):.1f})")
     print(f"- multiple_choice ~1 KB >= 200,000 responses/s: {_verdict(mc >= MC_TARGET)} ({mc:,.0f})")
-    print(f"- adversarial worst case < 10 ms: {_verdict(worst_s < LATENCY_TARGET_S)} "
-          f"({worst_s * 1e3:.2f} ms, {ranked[0][1]}, {ranked[0][2]})")
+    print(f"- adversarial worst case < 10 ms, seed's query types: {_verdict(seed_worst[0] < LATENCY_TARGET_S)} "
+          f"({seed_worst[0] * 1e3:.2f} ms, {seed_worst[1]}, {seed_worst[2]})")
+    print(f"- adversarial worst case < 50 ms, query types beyond the seed: "
+          f"{_verdict(new_worst[0] < NEW_LATENCY_TARGET_S)} ({new_worst[0] * 1e3:.2f} ms, {new_worst[1]}, "
+          f"{new_worst[2]})")
 
     if args.profile:
         corpus = mc_1kb(repeats + 1)

@@ -26,6 +26,8 @@ done
 prep rl "$ex/rl.jsonl" "$out/rl" --max-pixels 802816
 prep rl "$ex/rl_val.jsonl" "$out/rl_val" --max-pixels 802816 --split test
 prep rl "$ex/stain_rl.jsonl" "$out/rl_stain" --max-pixels 802816
+# one or two rows of each reward beyond the seed's (multi_label, bbox_iou, numeric, open_text)
+prep rl "$ex/rl_rewards.jsonl" "$out/rl_rewards" --max-pixels 802816
 prep rl "$ex/stain_rl_val.jsonl" "$out/rl_stain_val" --max-pixels 802816 --split test
 # benchmark samples (examples/eval) for the example's evaluation stage; the physical path, since images must lie
 # inside the source directory once symlinks are resolved

@@ -233,3 +233,27 @@ def test_jaccard_symmetric_and_bounded(a: str, b: str) -> None:
     assert 0.0 <= jaccard_similarity(ta, tb) <= 1.0
     if ta:
         assert jaccard_similarity(ta, ta) == 1.0
+
+
+def test_the_bundled_rows_of_every_reward_beyond_the_seed_prepare_and_their_golds_score_1(tmp_path) -> None:
+    """examples/data/rl_rewards.jsonl: medverl prep takes every row, rewards check passes, and each row's own ground
+    truth, answered back in the <think>/<answer> format, scores acc 1 through verl's entry point."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from medverl.cli import main
+
+    examples = Path(__file__).resolve().parents[1] / "examples" / "data"
+    assert main(["prep", "rl", str(examples / "rl_rewards.jsonl"), "--output", str(tmp_path / "rl"),
+                 "--image-root", str(examples / "images"), "--max-pixels", "802816"]) == 0
+    assert main(["rewards", "check", str(tmp_path / "rl")]) == 0
+    rows = pd.read_parquet(next((tmp_path / "rl").glob("*.parquet"))).to_dict("records")
+    assert {r["extra_info"]["query_type"] for r in rows} == {"multi_label", "bbox_iou", "numeric", "open_text"}
+    for row in rows:
+        gold = row["reward_model"]["ground_truth"]
+        answer = json.loads(gold)[0] if gold.startswith('["') else gold
+        result = compute_score(row["data_source"], f"<think>x</think><answer>{answer}</answer>", gold,
+                               row["extra_info"])
+        assert result["acc"] == 1.0, (row["extra_info"]["query_type"], gold, result)
