@@ -278,3 +278,22 @@ def test_image_options_reach_the_generation_messages(prepared: dict[str, Path]) 
     shown = "".join(p["text"] if p["type"] == "text" else "[image]" for p in row_messages(rows[1])[-1]["content"])
     assert shown.startswith("Image 1: [image]\nImage 2: [image]\nImage 3: [image]\nImage 4: [image]\nWhich image")
     assert "\nA. Image 1\nB. Image 2\nC. Image 3\nD. Image 4\n" in shown
+
+
+@pytest.mark.parametrize(("query_type", "gold", "meta", "answer_type"), [
+    ("open_text", "No acute process.", {}, "open"),
+    ("multi_label", "effusion, edema", {}, "open"),
+    ("jaccard", "left lobe", {}, "open"),
+    ("numeric", "12 mm", {}, "closed"),
+    ("bbox_iou", "[1, 2, 3, 4]", {"box_format": "qwen3"}, "closed"),
+    ("yes_no", "yes", {}, "closed"),
+    ("numeric", "12 mm", {"answer_type": "open"}, "open"),  # the row's own word wins
+])
+def test_open_or_closed_comes_from_the_rewards_answer_type(query_type, gold, meta, answer_type) -> None:
+    from medverl.eval.score import score_answer
+    from medverl.rewards import RewardOptions
+
+    extra_info = {"query_type": query_type, "meta": json.dumps(meta)}
+    sample = score_answer(f"<think>x</think><answer>{gold}</answer>", gold, extra_info, RewardOptions())
+    assert sample.answer_type == answer_type and sample.acc == 1.0
+    assert (sample.f1 is not None) == (answer_type == "open")  # token recall and F1 only for open questions

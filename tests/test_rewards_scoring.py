@@ -257,3 +257,23 @@ def test_the_bundled_rows_of_every_reward_beyond_the_seed_prepare_and_their_gold
         result = compute_score(row["data_source"], f"<think>x</think><answer>{answer}</answer>", gold,
                                row["extra_info"])
         assert result["acc"] == 1.0, (row["extra_info"]["query_type"], gold, result)
+
+
+def test_prep_rejects_golds_the_new_rewards_could_never_match_with_the_reason(tmp_path) -> None:
+    import json
+    from pathlib import Path
+
+    from medverl.cli import main
+
+    images = Path(__file__).resolve().parents[1] / "examples" / "data" / "images"
+    bad = [("multi_label", " ; , and ", {}, "no labels"), ("bbox_iou", "[30, 40, 10, 20]", {}, "inverted box"),
+           ("numeric", "about twelve", {}, "number"), ("open_text", "...", {}, "no words"),
+           ("numeric", "12 mm", {"abs_tol": -1}, "abs_tol")]
+    records = [{"question": "Q?", "answer": gold, "query_type": qt, "image": "chest_film.png", "meta": meta}
+               for qt, gold, meta, _ in bad]
+    (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    main(["prep", "rl", str(tmp_path / "bad.jsonl"), "--output", str(tmp_path / "out"), "--image-root", str(images)])
+    rejects = [json.loads(line) for line in next((tmp_path / "out").rglob("rejects*.jsonl")).read_text().splitlines()]
+    assert len(rejects) == len(bad)
+    for reject, (_, _, _, words) in zip(sorted(rejects, key=lambda r: r["index"]), bad, strict=True):
+        assert reject["code"] == "invalid_reference" and words in reject["reason"], reject

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from medverl.rewards.meta import row_meta
 from medverl.rewards.registry import InvalidReference, Verdict, register
-from medverl.rewards.text import _token_pattern, normalize
+from medverl.rewards.text import normalize, token_sequence
 
 METRICS = ("rouge_l", "bleu")
 DEFAULT_METRIC = "rouge_l"
@@ -53,7 +53,7 @@ def ordered_tokens(text: str) -> list[str]:
     >>> ordered_tokens("右肺下叶 CT")
     ['右', '肺', '下', '叶', 'ct']
     """
-    return _token_pattern().findall(normalize(text))
+    return token_sequence(normalize(text))
 
 
 def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
@@ -241,7 +241,7 @@ def open_text(answer: str, golds: tuple[str, ...], meta: object = None) -> Verdi
     if len(answer) > MAX_ANSWER_CHARS:
         return Verdict(0.0, reason=f"answer longer than {MAX_ANSWER_CHARS} characters")
     normalized = normalize(answer)
-    candidate = _token_pattern().findall(normalized)
+    candidate = token_sequence(normalized)
     pred = _pred(normalized)
     if not candidate:
         return Verdict(0.0, pred=pred, reason="answer has no words")

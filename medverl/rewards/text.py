@@ -78,4 +78,13 @@ def tokens(text: str) -> frozenset[str]:
 
 def normalized_tokens(normalized: str) -> frozenset[str]:
     """Token set of text already :func:`normalize`-d: punctuation removed, each CJK character one token."""
-    return frozenset(_token_pattern().findall(normalized))
+    return frozenset(token_sequence(normalized))
+
+
+def token_sequence(normalized: str) -> list[str]:
+    """The tokens of :func:`normalized_tokens` in order, repeats kept (for ROUGE and BLEU).
+
+    >>> token_sequence(normalize("The left lung, the LEFT lobe."))
+    ['the', 'left', 'lung', 'the', 'left', 'lobe']
+    """
+    return _token_pattern().findall(normalized)
