@@ -6,8 +6,9 @@ log-probs, exactly as from its vLLM server. The actor's weights reach the server
 per-worker client verl builds in each trainer process: every sync sends the full state dict over Ray.
 
 Requests that arrive together are generated together: one left-padded ``generate`` call per group of requests
-with the same sampling parameters, each row sampled independently as if alone. Vision tokens are never sampled (a sampled ``<|vision_start|>`` would break
-verl's mRoPE index for the sample, which vLLM avoids the same way).
+with the same sampling parameters (at most ``max_num_seqs``), each row sampled independently as if alone and cut at
+its own end. Vision tokens are never sampled (a sampled ``<|vision_start|>`` would break verl's mRoPE index for the
+sample, which vLLM avoids the same way).
 """
 
 from __future__ import annotations
