@@ -7,7 +7,7 @@ Each seed builds its own tiny random model and seeds every trainer (SFT ``traine
 GRPO stage's reward mean, training accuracy, format rate and generation seconds per step, then the greedy validation
 accuracy on the held-out synthetic stain items before GRPO (verl's ``val_before_train``) and after it: the gain per
 seed. The baseline is in the same run: the accuracy before GRPO, which any policy that ignores the image also scores
-(1/3). About 10 minutes a seed on 2 cores.
+(1/3). About 9 minutes a seed on 2 cores.
 """
 
 from __future__ import annotations
