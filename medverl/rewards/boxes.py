@@ -33,7 +33,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from medverl.rewards.meta import row_meta
+from medverl.rewards.meta import parsed_per_meta, row_meta
 from medverl.rewards.registry import InvalidReference, Verdict, register
 
 BOX_FORMATS = ("pixels", "qwen3", "relative")
@@ -65,6 +65,7 @@ class BoxConfig:
     gold_boxes: str | None = None
 
 
+@parsed_per_meta
 def box_config(meta: object = None) -> BoxConfig:
     """The box parameters of a row's meta (a JSON object string, a mapping or None).
 
@@ -76,17 +77,6 @@ def box_config(meta: object = None) -> BoxConfig:
     >>> box_config(None).box_format
     'pixels'
     """
-    if meta is None or isinstance(meta, str):
-        return _cached_box_config(meta)
-    return _box_config(meta)
-
-
-@functools.lru_cache(maxsize=4096)
-def _cached_box_config(meta: str | None) -> BoxConfig:
-    return _box_config(meta)
-
-
-def _box_config(meta: object) -> BoxConfig:
     values = row_meta(meta)
     box_format = values.get("box_format", "pixels")
     gold_format = values.get("gold_format", box_format)

@@ -29,7 +29,7 @@ import re
 import types
 from collections.abc import Mapping
 
-from medverl.rewards.meta import row_meta
+from medverl.rewards.meta import parsed_per_meta, row_meta
 from medverl.rewards.registry import InvalidReference, Verdict, register
 from medverl.rewards.text import normalize
 
@@ -79,6 +79,7 @@ def split_labels(text: str) -> tuple[frozenset[str], str]:
     return frozenset(labels), ""
 
 
+@parsed_per_meta
 def label_synonyms(meta: object = None) -> Mapping[str, str]:
     """Alias -> canonical label (both normalised) from a row's ``meta.synonyms``; other meta keys are ignored.
 
@@ -91,17 +92,6 @@ def label_synonyms(meta: object = None) -> Mapping[str, str]:
     >>> dict(label_synonyms(None))
     {}
     """
-    if isinstance(meta, str):
-        return _cached_synonyms(meta)
-    return _synonyms(meta)
-
-
-@functools.lru_cache(maxsize=1024)
-def _cached_synonyms(meta: str) -> Mapping[str, str]:
-    return _synonyms(meta)
-
-
-def _synonyms(meta: object) -> Mapping[str, str]:
     synonyms = row_meta(meta).get("synonyms")
     if synonyms is None:
         return _NO_SYNONYMS

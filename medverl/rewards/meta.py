@@ -4,11 +4,14 @@ record's ``meta`` (synonyms, tolerances, a box convention, ...). A reward reads 
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from medverl.rewards.registry import InvalidReference
 
+T = TypeVar("T")
 MAX_META_CHARS = 1 << 20  # prep writes meta as canonical JSON; a larger one is not a row's parameters
 
 
@@ -36,3 +39,15 @@ def row_meta(meta: object) -> dict:
     if not isinstance(value, dict):
         raise InvalidReference(f"extra_info.meta is not a JSON object: {meta[:80]!r}")
     return value
+
+
+def parsed_per_meta(parse: Callable[[object], T]) -> Callable[[object], T]:
+    """`parse(meta)`, cached per meta string (or None): the rows of a GRPO group share one, and parsing it once per
+    rollout would be waste. A mapping is parsed every time; errors are never cached."""
+    cached = functools.lru_cache(maxsize=4096)(parse)
+
+    @functools.wraps(parse)
+    def parsed(meta: object = None) -> T:
+        return cached(meta) if meta is None or isinstance(meta, str) else parse(meta)
+
+    return parsed

@@ -40,7 +40,7 @@ import re
 from decimal import Decimal
 from typing import NamedTuple
 
-from medverl.rewards.meta import row_meta
+from medverl.rewards.meta import parsed_per_meta, row_meta
 from medverl.rewards.registry import InvalidReference, Verdict, register
 from medverl.rewards.text import normalize
 
@@ -285,7 +285,14 @@ def _tolerance(values: dict, key: str) -> Decimal:
     return Decimal(repr(float(value))) if isinstance(value, float) else Decimal(value)
 
 
-def _settings_from(meta: object) -> Settings:
+@parsed_per_meta
+def numeric_settings(meta: object = None) -> Settings:
+    """A row's numeric parameters; raises :class:`InvalidReference` for malformed ones.
+
+    >>> settings = numeric_settings('{"abs_tol": 0.5, "unit": "cm"}')
+    >>> settings.abs_tol, settings.rel_tol, settings.unit.symbol
+    (Decimal('0.5'), Decimal('0'), 'cm')
+    """
     values = row_meta(meta)
     for wrong in ("tolerance", "tol"):
         if wrong in values:
@@ -297,23 +304,6 @@ def _settings_from(meta: object) -> Settings:
     unit = values.get("unit")
     return Settings(_tolerance(values, "abs_tol"), _tolerance(values, "rel_tol"),
                     None if unit is None else _unit_named(unit), accept_ratio)
-
-
-@functools.lru_cache(maxsize=4096)
-def _settings_from_json(meta: str) -> Settings:
-    return _settings_from(meta)
-
-
-def numeric_settings(meta: object = None) -> Settings:
-    """A row's numeric parameters; raises :class:`InvalidReference` for malformed ones.
-
-    >>> settings = numeric_settings('{"abs_tol": 0.5, "unit": "cm"}')
-    >>> settings.abs_tol, settings.rel_tol, settings.unit.symbol
-    (Decimal('0.5'), Decimal('0'), 'cm')
-    """
-    if isinstance(meta, str):
-        return _settings_from_json(meta)
-    return _settings_from(meta)
 
 
 @functools.lru_cache(maxsize=65536)

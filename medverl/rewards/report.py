@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from medverl.rewards.meta import row_meta
+from medverl.rewards.meta import parsed_per_meta, row_meta
 from medverl.rewards.registry import InvalidReference, Verdict, register
 from medverl.rewards.text import normalize, token_sequence
 
@@ -165,6 +165,7 @@ def _bleu_references(golds: tuple[str, ...], max_n: int) -> tuple[tuple[int, ...
     return tuple(len(r) for r in refs), tuple(_max_reference_counts(refs, n) for n in range(1, max_n + 1))
 
 
+@parsed_per_meta
 def report_options(meta: object = None) -> ReportOptions:
     """The metric and BLEU order of a row's meta; other meta keys are ignored.
 
@@ -176,17 +177,6 @@ def report_options(meta: object = None) -> ReportOptions:
     >>> report_options(None)
     ReportOptions(metric='rouge_l', max_n=4)
     """
-    if isinstance(meta, str):
-        return _cached_options(meta)
-    return _options(meta)
-
-
-@functools.lru_cache(maxsize=1024)
-def _cached_options(meta: str) -> ReportOptions:
-    return _options(meta)
-
-
-def _options(meta: object) -> ReportOptions:
     values = row_meta(meta)
     metric = values.get("metric", DEFAULT_METRIC)
     if isinstance(metric, str):
