@@ -20,9 +20,10 @@ import difflib
 import math
 import random
 import sys
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+
+from medverl.rewards.report import ngram_counts
 
 MEDEVALKIT_SEED = 42  # eval.sh's SEED; eval.py calls set_seed(seed) before each benchmark
 _NO_BOX = "None"  # mathruler's extract_boxed_content returns the string "None" when it finds no box
@@ -308,10 +309,6 @@ def tokenize(text: str) -> list[str]:
     return text.lower().replace(".", " .").split(" ")
 
 
-def _ngram_counts(words: Sequence[str], n: int) -> Counter:
-    return Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
-
-
 def sentence_bleu(reference: Sequence[str], hypothesis: Sequence[str], weights: Sequence[float]) -> float:
     """NLTK 3.9.1's ``sentence_bleu([reference], hypothesis, weights)`` with no smoothing function, as MedEvalKit
     calls it: one reference, ``auto_reweigh`` off.
@@ -329,7 +326,7 @@ def sentence_bleu(reference: Sequence[str], hypothesis: Sequence[str], weights: 
     hyp_len, ref_len = len(hypothesis), len(reference)
     numerators, denominators = [], []
     for n in range(1, len(weights) + 1):
-        hyp_counts, ref_counts = _ngram_counts(hypothesis, n), _ngram_counts(reference, n)
+        hyp_counts, ref_counts = ngram_counts(hypothesis, n), ngram_counts(reference, n)
         numerators.append(sum(min(count, ref_counts[gram]) for gram, count in hyp_counts.items()))
         denominators.append(max(1, sum(hyp_counts.values())))
     if hyp_len > ref_len:
@@ -373,7 +370,7 @@ def _rouge_n(hyp: Sequence[str], ref: Sequence[str], n: int) -> dict[str, float]
         raise ValueError("Hypothesis is empty.")
     if len(ref) <= 0:
         raise ValueError("Reference is empty.")
-    hyp_grams, ref_grams = set(_ngram_counts(_rouge_words(hyp), n)), set(_ngram_counts(_rouge_words(ref), n))
+    hyp_grams, ref_grams = set(ngram_counts(_rouge_words(hyp), n)), set(ngram_counts(_rouge_words(ref), n))
     overlap = len(hyp_grams & ref_grams)
     precision = overlap / len(hyp_grams) if hyp_grams else 0.0
     recall = overlap / len(ref_grams) if ref_grams else 0.0

@@ -99,14 +99,15 @@ def rouge_l_f1(candidate: Sequence[str], references: Sequence[Sequence[str]]) ->
     return min(best, 1.0)
 
 
-def _ngrams(tokens: Sequence[str], n: int) -> Counter:
+def ngram_counts(tokens: Sequence[str], n: int) -> Counter:
+    """How often each n-gram of `tokens` occurs (unigrams keyed by the token, longer ones by a tuple)."""
     return Counter(zip(*(tokens[i:] for i in range(n)))) if n > 1 else Counter(tokens)
 
 
 def _max_reference_counts(references: Sequence[Sequence[str]], n: int) -> dict:
     counts: dict = {}
     for reference in references:
-        for gram, count in _ngrams(reference, n).items():
+        for gram, count in ngram_counts(reference, n).items():
             if count > counts.get(gram, 0):
                 counts[gram] = count
     return counts
@@ -136,7 +137,7 @@ def _bleu(candidate: Sequence[str], lengths: Sequence[int], max_counts: Sequence
     log_precision = 0.0
     for n, reference_counts in enumerate(max_counts, start=1):
         total = max(c - n + 1, 0)
-        matched = sum(min(count, reference_counts.get(gram, 0)) for gram, count in _ngrams(candidate, n).items())
+        matched = sum(min(count, reference_counts.get(gram, 0)) for gram, count in ngram_counts(candidate, n).items())
         if n == 1:
             if not matched:
                 return 0.0
