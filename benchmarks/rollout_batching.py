@@ -83,7 +83,7 @@ def time_weight_sync(config, model_config, state: dict, repeats: int) -> float:
     """Seconds to send the whole state dict to a Ray actor server, bucketed as the trainer sends it."""
     import ray
 
-    from medverl.cpu.rollout import BUCKET_BYTES, HFServer
+    from medverl.cpu.rollout import HFServer, weight_buckets
 
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
@@ -92,14 +92,7 @@ def time_weight_sync(config, model_config, state: dict, repeats: int) -> float:
         best = float("inf")
         for _ in range(repeats):
             start = time.perf_counter()
-            bucket, size = [], 0
-            for name, tensor in state.items():
-                bucket.append((name, tensor.detach().clone()))
-                size += tensor.numel() * tensor.element_size()
-                if size >= BUCKET_BYTES:
-                    ray.get(actor.load_weights.remote(bucket))
-                    bucket, size = [], 0
-            if bucket:
+            for bucket in weight_buckets(state.items()):
                 ray.get(actor.load_weights.remote(bucket))
             best = min(best, time.perf_counter() - start)
         return best

@@ -218,3 +218,13 @@ def test_the_cpu_train_extra_installs_what_main_ppo_needs() -> None:
 
     extra = {r.split(";")[0].split(">")[0].split("=")[0].strip() for r in requires("medverl") if "cpu-train" in r}
     assert {"TransferQueue", "pyzmq", "msgspec"} <= extra
+
+
+def test_weights_travel_as_cpu_copies_in_buckets_of_the_limit() -> None:
+    from medverl.cpu.rollout import weight_buckets
+
+    weights = [(f"w{i}", torch.full((256,), float(i))) for i in range(5)]  # 1 KiB each
+    buckets = list(weight_buckets(iter(weights), limit=2048))
+    assert [[name for name, _ in bucket] for bucket in buckets] == [["w0", "w1"], ["w2", "w3"], ["w4"]]
+    sent = buckets[0][0][1]
+    assert torch.equal(sent, weights[0][1]) and sent.data_ptr() != weights[0][1].data_ptr()

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,20 @@ BUCKET_BYTES = 256 << 20
 # how long the server waits for the rest of a burst of requests before it generates: up to 10 waits of 5 ms,
 # ended by a wait in which no request arrived
 GATHER_ROUNDS, GATHER_SECONDS = 10, 0.005
+
+
+def weight_buckets(weights: Iterable[tuple[str, torch.Tensor]],
+                   limit: int = BUCKET_BYTES) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """The named tensors as CPU copies, in lists of about `limit` bytes: one Ray call each."""
+    bucket, size = [], 0
+    for name, tensor in weights:
+        bucket.append((name, tensor.detach().to("cpu", copy=True)))
+        size += tensor.numel() * tensor.element_size()
+        if size >= limit:
+            yield bucket
+            bucket, size = [], 0
+    if bucket:
+        yield bucket
 
 
 def server_name(replica_rank: int) -> str:
@@ -236,20 +251,14 @@ class HFServerAdapter(BaseRollout):
                              **_: Any) -> None:
         if wire_format != "named_tensors":
             raise ValueError(f"the hf rollout takes full tensors (named_tensors), not {wire_format!r}")
-        bucket, size = [], 0
-        for name, tensor in weights:  # every rank iterates: gathering a sharded tensor is a collective
-            if not self.sender:
-                continue
-            bucket.append((name, tensor.detach().to("cpu", copy=True)))
-            size += tensor.numel() * tensor.element_size()
-            if size >= BUCKET_BYTES:
-                await self.server.load_weights.remote(bucket)
-                bucket, size = [], 0
-        if self.sender:
-            if bucket:
-                await self.server.load_weights.remote(bucket)
-            if global_steps is not None:
-                await self.server.set_global_steps.remote(global_steps)
+        if not self.sender:
+            for _ in weights:  # every rank iterates: gathering a sharded tensor is a collective
+                pass
+            return
+        for bucket in weight_buckets(weights):
+            await self.server.load_weights.remote(bucket)
+        if global_steps is not None:
+            await self.server.set_global_steps.remote(global_steps)
 
     async def resume(self, tags: list[str]) -> None:
         return None
