@@ -43,8 +43,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["medverl", "medverl.*"]),
-    package_data={"medverl.prompts": ["*.txt"]},
+    # The top-level recipes/ ships inside the package as medverl/recipes (medverl.recipes_dir() finds either).
+    packages=[*find_packages(include=["medverl", "medverl.*"]), "medverl.recipes"],
+    package_dir={"medverl.recipes": "recipes"},
+    package_data={"medverl.prompts": ["*.txt"], "medverl.recipes": ["*.yaml", "*.sh", "*/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={

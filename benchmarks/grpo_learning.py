@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 
 from medverl.pipeline import Pipeline, run_pipeline
-from medverl.training.metrics import ACCURACY, FORMAT_RATE, GENERATION_S, REWARD_MEAN, VAL_PREFIX, VAL_SUFFIX
+from medverl.stages import ACCURACY, FORMAT_RATE, GENERATION_S, REWARD_MEAN, VAL_PREFIX, VAL_SUFFIX
 from medverl.training.synthetic_task import DATA_SOURCE
-from medverl.training.tiny_qwen import save_tiny_model
+from medverl.training.tiny_model import save_tiny_model
 
 EXAMPLE = Path("recipes/pipelines/example_cpu.yaml")
 VAL = f"{VAL_PREFIX}{DATA_SOURCE}{VAL_SUFFIX}"
@@ -36,7 +36,7 @@ def seeded(pipeline: Pipeline, seed: int, output: Path) -> Pipeline:
     for stage in pipeline.stages:
         if stage in pipeline.training_stages:
             extra = ((f"data.seed={seed}", f"actor_rollout_ref.actor.data_loader_seed={seed}")
-                     if pipeline.trainer(stage) == "ppo" else (f"trainer.seed={seed}",))
+                     if pipeline.kind(stage).name == "grpo" else (f"trainer.seed={seed}",))
             stage = dataclasses.replace(stage, overrides=(*stage.overrides, *extra))
         stages.append(stage)
     return dataclasses.replace(pipeline, model=str(model.resolve()), output=output.resolve(), stages=tuple(stages))
@@ -57,7 +57,7 @@ def main() -> None:
     subprocess.run(["bash", "recipes/prepare_example_data.sh", "runs/example_cpu/data"], check=True,
                    env={"MEDVERL": f"{sys.executable} -m medverl", "PATH": "/usr/bin:/bin"}, stdout=subprocess.DEVNULL)
     example = Pipeline.load(EXAMPLE)
-    grpo = next(s.name for s in example.training_stages if example.trainer(s) == "ppo")
+    grpo = next(s.name for s in example.training_stages if example.kind(s).name == "grpo")
     gains = {}
     for seed in args.seeds:
         output = args.output / f"seed_{seed}"

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from medverl.http import JudgeConfig
 from medverl.qc.job import QCJob, run_qc
-from medverl.qc.judge import JudgeConfig
 
 CAPTIONS = [
     "Findings: the lungs are clear, no pleural effusion. Impression: normal chest radiograph.",

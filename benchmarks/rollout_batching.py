@@ -111,7 +111,7 @@ def main() -> None:
 
     from verl.utils.model import convert_weight_keys
 
-    from medverl.training.tiny_qwen import save_tiny_model
+    from medverl.training.tiny_model import save_tiny_model
 
     threads = int(os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)))
     os.environ["OMP_NUM_THREADS"] = str(threads)  # HFServer sets torch's threads from it, as under Ray

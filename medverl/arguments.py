@@ -5,11 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import fields
 from pathlib import Path
-
-from medverl.errors import ConfigError
-from medverl.rewards import RewardOptions
 
 EXIT_OK, EXIT_NOTHING_USABLE, EXIT_USAGE = 0, 1, 2
 EXIT_STATUS = """exit status, the same for every command:
@@ -18,7 +14,6 @@ EXIT_STATUS = """exit status, the same for every command:
      row counts (score, eval score, eval run, rewards check, validate)
   2  a usage or configuration error (a missing input, a directory in use, options that do not fit the data)
 an unexpected error prints its traceback"""
-_REWARD_DEFAULTS = {f.name: f.default for f in fields(RewardOptions)}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -81,51 +76,6 @@ def directory(value: str) -> str:
     return value
 
 
-def add_image_arguments(parser: argparse._ActionsContainer) -> None:
-    """Where a record's image files may be read from, and how large they may be."""
-    from medverl.data.files import DEFAULT_MAX_IMAGE_BYTES
-
-    parser.add_argument("--image-root", action="append", default=[], metavar="DIR", type=directory,
-                        help="directory image paths must lie in (after symlinks); relative paths are taken from it; "
-                        "repeatable. Without it no image file is read (inline base64 still is)")
-    parser.add_argument("--max-image-bytes", type=positive_int, default=DEFAULT_MAX_IMAGE_BYTES,
-                        help="image files and inline images larger than this are rejected unread")
-
-
-def add_plugins(parser: argparse._ActionsContainer) -> None:
-    parser.add_argument(
-        "--plugins", action="append", default=[], metavar="MODULE_OR_FILE",
-        help="module or .py file registering more query types (repeatable)",
-    )
-
-
-def add_reward_options(parser: argparse._ActionsContainer) -> None:
-    """The reward_kwargs of training, as options."""
-    parser.add_argument("--format-weight", type=unit_float, default=_REWARD_DEFAULTS["format_weight"],
-                        help="w in w*format + (1-w)*acc")
-    parser.add_argument("--think-prefilled", action="store_true",
-                        help="the chat template opened <think> (data prepared with --template think_prefilled)")
-    parser.add_argument("--require-think", action="store_true", help="reasoning must be one <think> block")
-    parser.add_argument("--max-answer-chars", type=positive_int, default=_REWARD_DEFAULTS["max_answer_chars"],
-                        help="longer answers score acc 0")
-    add_plugins(parser)
-
-
-def reward_kwargs(args: argparse.Namespace) -> dict:
-    """The reward_kwargs that :func:`add_reward_options` options stand for."""
-    return {"format_weight": args.format_weight, "think_prefilled": args.think_prefilled,
-            "require_think": args.require_think, "max_answer_chars": args.max_answer_chars,
-            "plugins": tuple(args.plugins)}
-
-
-def reward_options(args: argparse.Namespace) -> RewardOptions:
-    """The :class:`RewardOptions` of :func:`add_reward_options` options; a value out of range is a usage error."""
-    try:
-        return RewardOptions(**reward_kwargs(args))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
 def print_job(manifest: dict, output: str | Path, written: str = "written") -> int:
     """Print a job's accounting; returns its exit status (1 when nothing was written)."""
     shards = f" in {len(manifest['shards'])} shard(s)" if manifest["shards"] else ""
@@ -140,3 +90,15 @@ def print_job(manifest: dict, output: str | Path, written: str = "written") -> i
         print(f"nothing {written}", file=sys.stderr)
         return EXIT_NOTHING_USABLE
     return EXIT_OK
+
+
+def print_rejects(manifest: dict, output: str | Path | None) -> int:
+    """Say how many rows could not be scored and where they are listed; returns the exit status (1 when any)."""
+    if not manifest["rejected"]:
+        return EXIT_OK
+    print(f"\n{manifest['rejected']} row(s) could not be scored: {manifest['rejected_by_reason']}", file=sys.stderr)
+    if output:
+        print(f"each is listed with its line and reason in {Path(output) / manifest['rejects']}", file=sys.stderr)
+    else:
+        print("(--output DIR lists each with its line and reason)", file=sys.stderr)
+    return EXIT_NOTHING_USABLE

@@ -6,10 +6,14 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from medverl import __version__
+from medverl import __version__, recipes_dir
 from medverl.arguments import EXIT_STATUS, EXIT_USAGE, HelpFormatter
 from medverl.errors import ConfigError
 from medverl.rewards import PluginError
+
+# The command that makes each kind of job directory, told when a command is given the wrong one.
+MADE_BY = {"rl": "medverl prep rl", "sft": "medverl prep sft", "cpt": "medverl prep caption|interleaved",
+           "qc_scores": "medverl qc score"}
 
 
 def _add(
@@ -27,13 +31,28 @@ def _group(sub: argparse._SubParsersAction, name: str, help: str) -> argparse._S
     return group.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
 
 
+def _add_recipes_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--path", action="store_true", help="print only the directory, for verl's --config-path: "
+                        '--config-path "$(medverl recipes --path)"')
+
+
+def _run_recipes(args: argparse.Namespace) -> int:
+    directory = recipes_dir()
+    print(directory)
+    if not args.path:
+        for recipe in sorted(directory.rglob("*.yaml")):
+            print(f"  {recipe.relative_to(directory)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``medverl`` subcommand."""
-    from medverl.data import dicom, references, runner, validate
-    from medverl.eval import decontaminate, prepare, run, score, stage
+    from medverl.data import dicom_command, references, runner
+    from medverl.eval import decontaminate, prepare, run, score, score_file, stage
     from medverl.qc import filter as qc_filter
     from medverl.qc import job as qc_job
     from medverl.qc import report as qc_report
+    from medverl.training import validate
 
     parser = argparse.ArgumentParser(prog="medverl", description=__doc__, formatter_class=HelpFormatter,
                                      epilog=EXIT_STATUS)
@@ -45,13 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add(rewards, "check", "check that every row of RL data has a registered query_type and a usable ground truth",
          references.add_check_arguments, references.run_check)
     _add(sub, "score", "score predictions with the rewards GRPO trains on; tables per query_type and data_source",
-         score.add_score_arguments, score.run_score)
+         score_file.add_arguments, score_file.run_command)
     _add(sub, "prep", "convert records into verl parquet (rl, sft) or medverl CPT parquet (caption, interleaved)",
          runner.add_arguments, runner.run_command)
     _add(sub, "validate", "prove a prepared directory trains: verl's datasets keep every row, every image decodes",
          validate.add_arguments, validate.run_command)
     _add(sub, "dicom", "convert DICOM files to the 8-bit PNGs training sees, with a JSON sidecar of window and "
-         "metadata", dicom.add_arguments, dicom.run_command)
+         "metadata", dicom_command.add_arguments, dicom_command.run_command)
 
     evaluation = _group(sub, "eval", "medical benchmarks: prepare, generate, score, compare checkpoints, decontaminate")
     _add(evaluation, "prepare", "a benchmark's public distribution to RL parquet", prepare.add_arguments,
@@ -64,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
          score.run_command)
     _add(evaluation, "decontaminate", "training rows whose image or question is in an evaluation set",
          decontaminate.add_arguments, decontaminate.run_command)
+
+    _add(sub, "recipes", "where the Hydra recipes medverl ships are (verl's --config-path) and what they are",
+         _add_recipes_arguments, _run_recipes)
 
     qc = _group(sub, "qc", "data quality: five-dimension scores, filtering, a review report")
     _add(qc, "score", "score every record on the five dimensions", qc_job.add_arguments, qc_job.run_command)
@@ -81,13 +103,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _made_by(exc: Exception) -> str:
+    """Which commands make the data a :class:`~medverl.data.prepared.PreparedError` asked for (its `kinds`)."""
+    kinds = [kind for kind in getattr(exc, "kinds", ()) if kind in MADE_BY]
+    return "".join(f"\n  {kind} data is made by {MADE_BY[kind]}" for kind in kinds)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``medverl`` command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()  # the choices of some arguments come from plugins' entry points
+    except PluginError as exc:
+        print(f"medverl: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (ConfigError, PluginError) as exc:
-        print(f"medverl {args.command}: error: {exc}", file=sys.stderr)
+        print(f"medverl {args.command}: error: {exc}{_made_by(exc)}", file=sys.stderr)
         return EXIT_USAGE
 
 

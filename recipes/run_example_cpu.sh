@@ -8,5 +8,5 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 MEDVERL="$PYTHON -m medverl" bash recipes/prepare_example_data.sh runs/example_cpu/data
 model=runs/example_cpu/tiny_qwen25_vl
-"$PYTHON" -m medverl.training.tiny_qwen "$model" >/dev/null  # about a second, the same weights every time
+"$PYTHON" -m medverl.training.tiny_model "$model" >/dev/null  # about a second, the same weights every time
 "$PYTHON" -m medverl pipeline recipes/pipelines/example_cpu.yaml "$@"

@@ -53,7 +53,8 @@ def test_score_table_counts(tmp_path: Path, capsys) -> None:
     preds.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert main(["score", "--input", str(preds), "--format-weight", "0.2"]) == 0
     out = capsys.readouterr().out
-    assert _table_row(out, "multiple_choice") == ["multiple_choice", "3", "0.400", "0.333", "66.7%", "1"]
+    # parse failures: "B or C" (no choice read) and the bare "B" (no <answer>), as eval score counts them
+    assert _table_row(out, "multiple_choice") == ["multiple_choice", "3", "0.400", "0.333", "66.7%", "2"]
     assert _table_row(out, "yes_no") == ["yes_no", "1", "1.000", "1.000", "100.0%", "0"]
     assert _table_row(out, "unknown")[1] == "1"  # rows without data_source
 
@@ -150,10 +151,11 @@ def test_rewards_check_finds_rows_no_answer_can_match(tmp_path: Path, capsys) ->
     assert main(["rewards", "check", str(path)]) == 1
     captured = capsys.readouterr()
     assert "| multiple_choice | 2 |" in captured.out and "| yes_no | 1 |" in captured.out
-    assert "4 row(s) cannot be scored" in captured.err
-    for index in (2, 4, 5, 6):
+    assert "3 row(s) cannot be scored" in captured.err
+    for index in (2, 4, 6):
         assert f"(index={index}, pmc_vqa)" in captured.err
-    assert "Did you mean 'jaccard'" in captured.err
+    assert "1 row(s) not checked" in captured.err  # the typo is not registered: its rows are not checked
+    assert "  jacard: 1 row(s); unknown query_type 'jacard'. Did you mean 'jaccard'?" in captured.err
 
     pd.DataFrame(rows[:2]).to_parquet(path)
     assert main(["rewards", "check", str(path)]) == 0
@@ -242,11 +244,48 @@ def test_a_float_reward_reads_its_answer_as_the_prediction(tmp_path: Path, capsy
 
 
 def test_an_unexpected_error_keeps_its_traceback(monkeypatch) -> None:
-    from medverl.eval import score
+    from medverl.eval import score_file
 
     def broken(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(score, "score_file", broken)
+    monkeypatch.setattr(score_file, "score_file", broken)
     with pytest.raises(KeyError, match="a bug"):
         main(["score", "--input", str(EXAMPLE)])
+
+
+@pytest.mark.parametrize("command", [["qc", "score", "rl", "x.jsonl"],
+                                     ["eval", "score", "--data", "d", "--run", "m=p"]])
+@pytest.mark.parametrize(("option", "value"), [("--judge-timeout", "nan"), ("--judge-retries", "-1"),
+                                               ("--judge-concurrency", "0"), ("--judge-timeout", "soon")])
+def test_both_judges_refuse_the_same_values(command: list[str], option: str, value: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--output", "o", option, value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument {option}: " in err and "must be" in err
+
+
+def test_qc_score_and_eval_score_have_one_judge_option_group() -> None:
+    from medverl.cli import build_parser
+
+    parser = build_parser()
+    qc = vars(parser.parse_args(["qc", "score", "rl", "x.jsonl", "--output", "o"]))
+    evaluation = vars(parser.parse_args(["eval", "score", "--data", "d", "--run", "m=p", "--output", "o"]))
+    judge = {key: value for key, value in qc.items() if key.startswith("judge_")}
+    assert set(judge) == {"judge_base_url", "judge_model", "judge_concurrency", "judge_timeout_s", "judge_retries"}
+    assert {key: evaluation[key] for key in judge} == judge  # same names, same defaults
+
+
+def test_the_reward_options_are_the_fields_of_reward_options() -> None:
+    from dataclasses import fields
+
+    from medverl.cli import build_parser
+    from medverl.rewards import RewardOptions
+    from medverl.rewards.options import reward_options
+
+    parser = build_parser()
+    assert reward_options(parser.parse_args(["score", "--input", "x"])) == RewardOptions()  # the dataclass's defaults
+    args = parser.parse_args(["score", "--input", "x", "--think-prefilled", "--format-weight", "0.3",
+                              "--plugins", "a.py", "--plugins", "b.py", "--max-answer-chars", "9"])
+    assert reward_options(args) == RewardOptions(0.3, True, False, 9, None, ("a.py", "b.py"))
+    assert all(field.metadata["help"] for field in fields(RewardOptions))  # each field says what its option does

@@ -8,19 +8,19 @@ import pytest
 import torch
 from PIL import Image
 from pydicom.data import get_testdata_file
-from medverl.training.tiny_qwen import save_tiny_processor
 
 from medverl.cli import main
-from medverl.training.cpt_dataset import IMAGE_SPAN, CPTDataset
+from medverl.models import get_family
+from medverl.training.cpt_dataset import CPTDataset
 
 
-
-@pytest.fixture(scope="module", params=[False, True], ids=["qwen2.5-vl", "qwen3-vl"])
-def model(request, tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module")
+def model(family_processor: tuple[str, Path]):
+    """verl's tokenizer and processor of a tiny model, and its family."""
     from verl.utils import hf_processor, hf_tokenizer
 
-    directory = save_tiny_processor(tmp_path_factory.mktemp("tiny"), qwen3=request.param)
-    return hf_tokenizer(str(directory)), hf_processor(str(directory)), 16 if request.param else 14
+    family, directory = family_processor
+    return hf_tokenizer(str(directory)), hf_processor(str(directory)), get_family(family)
 
 
 @pytest.fixture(scope="module")
@@ -53,22 +53,25 @@ def _files(cpt_dir: Path) -> list[str]:
 
 
 def _dataset(cpt_dir: Path, model, **config) -> CPTDataset:
-    tokenizer, processor, patch = model
-    return CPTDataset(_files(cpt_dir), tokenizer, {"max_length": 4096, "image_patch_size": patch, **config}, processor)
+    tokenizer, processor, _ = model
+    return CPTDataset(_files(cpt_dir), tokenizer, {"max_length": 4096, **config}, processor)
 
 
 def test_documents_render_in_reading_order(cpt_dir: Path, model) -> None:
+    _, _, family = model
     dataset = _dataset(cpt_dir, model)
+    assert dataset.family == family and dataset.image_patch_size == family.patch_size  # from the processor's config
+    span = family.image_span
     assert len(dataset) == 4
-    assert dataset.document_text(0) == IMAGE_SPAN + "Frontal chest radiograph: no pleural effusion.<|endoftext|>"
-    assert dataset.document_text(1).startswith(IMAGE_SPAN * 2 + "A fundus")
-    assert dataset.document_text(2) == f"Findings.{IMAGE_SPAN}The lungs are clear.\nImpression: normal.<|endoftext|>"
+    assert dataset.document_text(0) == span + "Frontal chest radiograph: no pleural effusion.<|endoftext|>"
+    assert dataset.document_text(1).startswith(span * 2 + "A fundus")
+    assert dataset.document_text(2) == f"Findings.{span}The lungs are clear.\nImpression: normal.<|endoftext|>"
     assert dataset.document_text(3) == "A text-only page about sepsis.\nSecond paragraph.<|endoftext|>"
 
 
 def test_loss_on_every_text_token_and_nowhere_else(cpt_dir: Path, model) -> None:
-    tokenizer, _, _ = model
-    vision = {tokenizer.convert_tokens_to_ids(t) for t in ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")}
+    tokenizer, _, family = model
+    vision = {tokenizer.convert_tokens_to_ids(t) for t in family.vision_tokens}
     dataset = _dataset(cpt_dir, model)
     for i in range(len(dataset)):
         item = dataset[i]
@@ -158,8 +161,9 @@ def test_truncation_never_cuts_an_image(cpt_dir: Path, model) -> None:
 
 
 def test_max_samples_and_text_only_model(cpt_dir: Path, model) -> None:
-    tokenizer, processor, patch = model
-    assert len(CPTDataset(_files(cpt_dir), tokenizer, {"image_patch_size": patch}, processor, max_samples=2)) == 2
+    tokenizer, processor, family = model
+    assert len(CPTDataset(_files(cpt_dir), tokenizer, {"image_patch_size": family.patch_size}, processor,
+                          max_samples=2)) == 2
     text_only = CPTDataset(_files(cpt_dir), tokenizer, {"max_length": 512}, None)
     assert text_only[3]["position_ids"].shape == text_only[3]["input_ids"].shape
     with pytest.raises(ValueError, match="has images but the model has no processor"):

@@ -1,18 +1,21 @@
 """The CPU platform, its patches of verl and the hf rollout, without a training run (tests/test_cpu_training.py has those).
 
-Each patch of verl internals is pinned to the source it was written against: a verl upgrade that changes a patched
-function fails here, loudly, before a CPU run fails in some obscure way.
+Each patch of verl internals, and every other use of verl beyond its public API, is pinned to the source it was
+written against: a verl upgrade that changes one fails here, and stops a CPU run at start-up, naming what changed.
 """
 
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from medverl import verl_pins
 from medverl.cpu import patches
+from medverl.training import replay_buffer
 
 PROBE = r"""
 import json, verl
@@ -36,17 +39,57 @@ def _probe(**env: str) -> dict:
     return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("PROBE "))[6:])
 
 
-def test_the_patched_verl_functions_are_the_ones_the_patches_were_written_for() -> None:
-    assert patches.changed_targets() == [], (
-        "verl's source changed where medverl.cpu.patches applies: read the new source, update the patch, "
-        "then its hash in patches.TARGETS"
-    )
+def test_the_verl_objects_medverl_relies_on_are_the_ones_it_was_written_for() -> None:
+    verl_pins.check(patches.PINS)
+    verl_pins.check(replay_buffer.PINS)
 
 
-def test_a_changed_function_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    target = next(iter(patches.TARGETS))
-    monkeypatch.setitem(patches.TARGETS, target, "0" * 64)
-    assert patches.changed_targets() == [target]
+@pytest.mark.parametrize("pins", [patches.PINS, replay_buffer.PINS], ids=["cpu", "replay_buffer"])
+def test_a_changed_pin_fails_naming_the_verl_object_and_what_changed(pins: dict, monkeypatch) -> None:
+    target = next(iter(pins))
+    monkeypatch.setitem(pins, target, pins[target]._replace(sha256="0" * 64))
+    with pytest.raises(verl_pins.VerlChanged) as raised:
+        verl_pins.check(pins)
+    message = str(raised.value)
+    assert f"  {target}: sha256 {verl_pins.source_hash(target)}, pinned sha256 {'0' * 64}; medverl " in message
+    assert message.count("pinned sha256") == 1 and "Install verl==0.9.1" in message
+
+
+def test_a_verl_object_that_is_gone_is_named() -> None:
+    pins = {"verl.workers.rollout.base:NoSuchClass": verl_pins.Pin("0" * 64, "subclasses it")}
+    with pytest.raises(verl_pins.VerlChanged, match=r"verl.workers.rollout.base:NoSuchClass: gone \(AttributeError"):
+        verl_pins.check(pins)
+
+
+def test_the_replay_buffer_checks_its_pins_when_built(monkeypatch) -> None:
+    from omegaconf import OmegaConf
+
+    target = next(iter(replay_buffer.PINS))
+    monkeypatch.setitem(replay_buffer.PINS, target, replay_buffer.PINS[target]._replace(sha256="0" * 64))
+    with pytest.raises(verl_pins.VerlChanged, match=target):
+        replay_buffer.StrictReplayBuffer("sync", OmegaConf.create({}), 8, "drop", OmegaConf.create({}))
+
+
+# verl's entry-point loader (import verl) under a pin that does not match the installed verl
+BROKEN = """
+import medverl.cpu.patches as patches
+target = "verl.workers.rollout.replica:RolloutReplica"
+patches.PINS[target] = patches.PINS[target]._replace(sha256="0" * 64)
+import verl
+print("verl imported")
+"""
+
+
+def test_a_failed_activation_under_verl_platform_cpu_stops_the_process_naming_why() -> None:
+    environ = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
+    done = subprocess.run([sys.executable, "-c", BROKEN], capture_output=True, text=True, timeout=300,
+                          env=environ | {"VERL_PLATFORM": "cpu"})
+    assert done.returncode == 1 and "verl imported" not in done.stdout, done.stdout + done.stderr[-3000:]
+    assert "VERL_PLATFORM=cpu, but medverl could not activate verl's CPU platform: VerlChanged" in done.stderr
+    assert "verl.workers.rollout.replica:RolloutReplica: sha256 " in done.stderr
+    # without VERL_PLATFORM=cpu the plugin does nothing, so nothing fails
+    done = subprocess.run([sys.executable, "-c", BROKEN], capture_output=True, text=True, timeout=300, env=environ)
+    assert done.returncode == 0 and "verl imported" in done.stdout, done.stderr[-3000:]
 
 
 def test_without_verl_platform_cpu_verl_is_untouched() -> None:
@@ -74,19 +117,31 @@ def test_the_device_module_answers_what_verl_asks_of_torch_cuda() -> None:
     assert not platform.is_platform_available(use_smi_check=True)  # never auto-detected
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    """An HFServer (the Ray actor's class, used directly) over the tiny random Qwen2.5-VL."""
+def _server(model: Path):
+    """An HFServer (the Ray actor's class, used directly) over `model`."""
     from omegaconf import OmegaConf
     from verl.workers.config import RolloutConfig
 
     from medverl.cpu.rollout import HFServer
-    from medverl.training.tiny_qwen import save_tiny_model
 
-    model = save_tiny_model(tmp_path_factory.mktemp("tiny"))
     config = RolloutConfig(name="hf", prompt_length=256, response_length=12)
     model_config = OmegaConf.create({"_target_": "verl.workers.config.HFModelConfig", "path": str(model)})
     return HFServer(config, model_config, replica_rank=0)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model: Path):
+    """An HFServer over the tiny random Qwen2.5-VL."""
+    return _server(tiny_model)
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])
+def test_the_server_never_samples_its_model_familys_vision_tokens(family: str, tiny_models) -> None:
+    from medverl.models import get_family
+
+    server = _server(tiny_models.model(family))
+    vocab = server.tokenizer.get_vocab()
+    assert server.suppressed == [vocab[t] for t in get_family(family).never_sample] and server.suppressed
 
 
 def _image_prompt(server) -> tuple[list[int], list]:

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from medverl.cli import main
+from medverl.stages import KINDS
 
 REPO = Path(__file__).resolve().parent.parent
 SFT_STAGES = ("cpt", "sft_stage1", "sft_stage2", "sft_stage3")
@@ -24,21 +25,20 @@ GRPO_STEPS = 40
 
 
 @pytest.fixture(scope="module")
-def sft_items(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+def sft_items(tmp_path_factory: pytest.TempPathFactory, tiny_processor: Path) -> tuple:
     """Items of the example SFT data (the first conversation is text-only, the second has an image), as verl's own
     MultiTurnSFTDataset and as medverl's SFTDataset build them."""
     from omegaconf import OmegaConf
     from verl.utils.dataset.multiturn_sft_dataset import MultiTurnSFTDataset
 
     from medverl.training.sft_dataset import SFTDataset
-    from medverl.training.tiny_qwen import save_tiny_processor
 
     root = tmp_path_factory.mktemp("mixed")
     assert main(["prep", "sft", str(REPO / "examples/data/sft.jsonl"), "--output", str(root / "sft"),
                  "--image-root", str(REPO / "examples/data/images"), "--max-pixels", "50176"]) == 0
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(save_tiny_processor(root / "model"))
+    processor = AutoProcessor.from_pretrained(tiny_processor)
     files = [str(p) for p in sorted((root / "sft").glob("part-*.parquet"))]
     config = OmegaConf.create({"max_length": 2048, "pad_mode": "no_padding", "truncation": "error"})
     made = []
@@ -93,9 +93,8 @@ def test_every_stage_saves_the_hf_model_the_next_stage_starts_from(run: Path) ->
     for stage, done in state["stages"].items():
         if stage == "eval":
             continue
-        checkpoints = run / stage / "checkpoints"
-        step = (checkpoints / "latest_checkpointed_iteration.txt").read_text().strip()
-        model = checkpoints / f"global_step_{step}" / ("actor/huggingface" if stage == "grpo" else "huggingface")
+        # verl saved the HF model where the stage kind's record says it does
+        model = KINDS["grpo" if stage == "grpo" else "sft"].latest_model(run / stage / "checkpoints")
         assert Path(done["model"]) == model
         assert (model / "config.json").is_file() and list(model.glob("*.safetensors"))
         assert (run / stage / "model").resolve() == model.resolve()
@@ -113,19 +112,38 @@ def test_sft_losses_are_finite_and_fall_over_the_run(run: Path) -> None:
     assert losses[-1] < 0.5 * losses[0]
 
 
+def _sft_batches(dataset_size: int, batch_size: int, steps: int) -> list[list[int]]:
+    """The dataset rows of each of the first `steps` batches, drawn by the sampler and dataloader verl's SFT trainer
+    builds (``SFTTrainer._build_dataloader``, one data-parallel rank), one epoch after the other as its ``fit`` does."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+    from verl.trainer.sft_trainer import SFTTrainer
+
+    trainer = SimpleNamespace(
+        config=OmegaConf.create({"data": {"train_batch_size": batch_size, "pad_mode": "no_padding", "num_workers": 0}}),
+        engine=SimpleNamespace(get_data_parallel_rank=lambda: 0, get_data_parallel_size=lambda: 1),
+        train_dataset=range(dataset_size), val_dataset=None,
+    )
+    SFTTrainer._build_dataloader(trainer)
+    batches, epoch = [], 0
+    while len(batches) < steps:
+        trainer.train_sampler.set_epoch(epoch)
+        batches += list(trainer.train_dataloader.batch_sampler)
+        epoch += 1
+    return batches[:steps]
+
+
 def test_a_batch_starting_with_a_text_only_conversation_trained(run: Path) -> None:
-    """verl's sampler order (DistributedSampler, seed 0, one permutation per epoch) over the SFT stage-2 steps."""
+    """The SFT stage-2 steps' batches, as verl's own sampler drew them: one began with a text-only conversation
+    beside image ones (the batch verl's collator fails on, medverl's SFTDataset trains on)."""
     # verl concatenates the stage's train files in order
     frame = pd.concat([pd.read_parquet(next((run / "data" / name).glob("part-*.parquet")))
                        for name in ("sft_stage2", "sft_stage2_synthetic")], ignore_index=True)
     text_only = {i for i, images in enumerate(frame["images"]) if len(images) == 0}
-    steps, batch = len(_rows(run, "sft_stage2")), 8
-    starts, epoch = [], 0
-    while len(starts) < steps:
-        order = torch.randperm(len(frame), generator=torch.Generator().manual_seed(epoch)).tolist()
-        starts += [order[i : i + batch] for i in range(0, len(order) - batch + 1, batch)]
-        epoch += 1
-    mixed = [b for b in starts[:steps] if b[0] in text_only and set(b) - text_only]
+    # data.train_batch_size=8 in recipes/pipelines/example_cpu.yaml
+    batches = _sft_batches(len(frame), batch_size=8, steps=len(_rows(run, "sft_stage2")))
+    mixed = [b for b in batches if b[0] in text_only and set(b) - text_only]
     assert mixed, "no step of the run had a text-only first item beside image items"
 
 
@@ -213,18 +231,18 @@ def _stain_rl(tmp_path: Path, extra: list[dict] = (), plugin: Path | None = None
     return tmp_path / "train", tmp_path / "test"
 
 
-def test_length_shaping_runs_in_the_cpu_pipeline_and_its_penalty_reaches_the_metrics(tmp_path: Path) -> None:
+def test_length_shaping_runs_in_the_cpu_pipeline_and_its_penalty_reaches_the_metrics(tiny_model: Path,
+                                                                                     tmp_path: Path) -> None:
     """length_shaping=overlong (verl's dapo reward manager) on a random model, whose responses run to the limit of 8
     tokens: with the penalty starting 4 tokens before it, every rollout loses the whole penalty_factor."""
     from medverl.pipeline import Pipeline, Stage, run_pipeline
-    from medverl.training.tiny_qwen import save_tiny_model
 
     train, val = _stain_rl(tmp_path)
     stage = Stage("grpo", "grpo", (str(train),), (str(val),), overrides=(
         *TINY_GRPO, "length_shaping=overlong", "reward.reward_kwargs.overlong_buffer_cfg.len=4",
         "trainer.total_training_steps=2", "trainer.test_freq=2", "trainer.save_freq=2",
     ))
-    pipeline = Pipeline(model=str(save_tiny_model(tmp_path / "model")), output=tmp_path / "out", stages=(stage,),
+    pipeline = Pipeline(model=str(tiny_model), output=tmp_path / "out", stages=(stage,),
                         gpus_per_node=1, device="cpu")
     with (tmp_path / "pipeline.log").open("w") as log:
         assert run_pipeline(pipeline, out=log) == 0
@@ -237,11 +255,10 @@ def test_length_shaping_runs_in_the_cpu_pipeline_and_its_penalty_reaches_the_met
     assert validation["val-aux/synthetic_stain/format/mean@1"] == 0.0  # medverl's extras survive the dapo manager
 
 
-def test_a_raw_main_ppo_run_stops_at_a_query_type_no_reward_knows(tmp_path: Path) -> None:
+def test_a_raw_main_ppo_run_stops_at_a_query_type_no_reward_knows(tiny_model: Path, tmp_path: Path) -> None:
     """Rows prepared with a reward plugin, trained without it: verl's agent loop catches the reward's error and would
     train on without those rows; the recipe's replay buffer ends main_ppo at its first step instead."""
     from medverl.pipeline import Pipeline, Stage
-    from medverl.training.tiny_qwen import save_tiny_model
 
     plugin = tmp_path / "laterality.py"
     plugin.write_text(LATERALITY)
@@ -251,7 +268,7 @@ def test_a_raw_main_ppo_run_stops_at_a_query_type_no_reward_knows(tmp_path: Path
     stage = Stage("grpo", "grpo", (str(train),), (str(val),), overrides=(
         *TINY_GRPO, "trainer.val_before_train=false", "trainer.total_training_steps=2", "trainer.logger=[console]",
     ))
-    pipeline = Pipeline(model=str(save_tiny_model(tmp_path / "model")), output=tmp_path / "out", stages=(stage,),
+    pipeline = Pipeline(model=str(tiny_model), output=tmp_path / "out", stages=(stage,),
                         gpus_per_node=1, device="cpu")
     done = subprocess.run(pipeline.command(0), cwd=tmp_path, env={**os.environ, **pipeline.environment(stage)},
                           capture_output=True, text=True, timeout=900)

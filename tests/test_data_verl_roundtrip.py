@@ -6,15 +6,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
-from medverl.training.tiny_qwen import save_tiny_processor
 
 from medverl.cli import main
-from medverl.data.validate import validate
+from medverl.training.validate import validate
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(save_tiny_processor(tmp_path_factory.mktemp("tiny_qwen_vl")))
+def model_dir(tiny_processor: Path) -> str:
+    return str(tiny_processor)
 
 
 @pytest.fixture

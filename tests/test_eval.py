@@ -3,19 +3,24 @@ rule path side by side; decontamination on planted duplicates."""
 
 import io
 import json
+import random
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from medverl.training.tiny_qwen import save_tiny_processor
 
 from medverl.cli import main
-from medverl.data.validate import validate
+from medverl.eval.compat import CompatVerdict, register_compat_mode
 from medverl.eval.decontaminate import decontaminate
 from medverl.eval.run import row_messages
-from medverl.eval.samples import LAYOUTS, PREPARED, image_bytes, write_samples
+from medverl.eval.samples import LAYOUTS, image_bytes, write_samples
 from medverl.eval.score import load_rows, score_predictions
+from medverl.training.validate import validate
+
+# what `eval prepare` makes of each benchmark's sample (medverl.eval.samples): (rows written, rows rejected)
+PREPARED = {"vqa_rad": (3, 0), "path_vqa": (3, 0), "slake": (5, 1), "pmc_vqa": (2, 0), "omnimedvqa": (2, 0),
+            "mmmu_hm": (4, 0), "medxpertqa_mm": (2, 0)}
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +128,8 @@ def test_shipped_samples_are_the_generated_ones(tmp_path: Path) -> None:
             assert (fresh / name).read_bytes() == (shipped / name).read_bytes(), name
 
 
-def test_prepared_benchmarks_load_through_verl(prepared: dict[str, Path], tmp_path: Path) -> None:
-    model = str(save_tiny_processor(tmp_path / "tiny"))
+def test_prepared_benchmarks_load_through_verl(prepared: dict[str, Path], tiny_processor: Path) -> None:
+    model = str(tiny_processor)
     for benchmark in ("slake", "mmmu_hm", "pmc_vqa"):
         report = validate(prepared[benchmark], model, max_length=2048)
         assert report.ok and report.rows == report.kept_by_verl, (benchmark, report.problems)
@@ -187,6 +192,29 @@ def test_the_common_harness_rules_side_by_side(prepared: dict[str, Path], tmp_pa
     assert ours[("vqa_rad", 0)].acc == 0.0 and compat[("vqa_rad", 0)].acc == 1.0  # "nodule" read as "no"
     assert ours[("pmc_vqa", 1)].acc == 0.0 and not ours[("pmc_vqa", 1)].parsed
     assert compat[("pmc_vqa", 1)].reason == "fallback: most similar choice" and not compat[("pmc_vqa", 1)].parsed
+
+
+def _coin(response: str, ground_truth: object, extra_info: dict, meta: dict, rng) -> CompatVerdict:
+    """A harness that guesses: right on heads, never reading the answer."""
+    return CompatVerdict(float(rng.random() < 0.5), False, "", "fallback: coin")
+
+
+def test_a_registered_compat_mode_scores_and_seeds_per_benchmark(prepared: dict[str, Path], tmp_path: Path,
+                                                                  capsys) -> None:
+    register_compat_mode("coin", seed=7)(_coin)
+    rows = load_rows([prepared["vqa_rad"], prepared["path_vqa"]])
+    scores = score_predictions(rows, {key: "x" for key in rows}, "m", compat="coin")
+    rng = random.Random(7)
+    draws = [rng.random() < 0.5 for _ in range(3)]  # each benchmark's draws start from the seed
+    assert [s.acc for s in scores] == [float(d) for d in draws * 2]
+    assert all(s.parse_failure and s.reason == "fallback: coin" for s in scores)
+    preds = tmp_path / "p.jsonl"
+    preds.write_text(json.dumps({"data_source": "vqa_rad", "index": 0, "response": "x"}) + "\n")
+    argv = ["eval", "score", "--data", str(prepared["vqa_rad"]), "--run", f"m={preds}", "--output"]
+    assert main([*argv, str(tmp_path / "coin"), "--compat", "coin"]) == 0  # an option as soon as it is registered
+    with pytest.raises(SystemExit):
+        main([*argv, str(tmp_path / "none"), "--compat", "coins"])
+    assert "invalid choice: 'coins'" in capsys.readouterr().err
 
 
 def test_predictions_that_do_not_line_up_are_rejected(prepared: dict[str, Path], tmp_path: Path, capsys) -> None:
@@ -290,10 +318,45 @@ def test_image_options_reach_the_generation_messages(prepared: dict[str, Path]) 
     ("numeric", "12 mm", {"answer_type": "open"}, "open"),  # the row's own word wins
 ])
 def test_open_or_closed_comes_from_the_rewards_answer_type(query_type, gold, meta, answer_type) -> None:
-    from medverl.eval.score import score_answer
+    from medverl.eval.scoring import score_answer
     from medverl.rewards import RewardOptions
 
     extra_info = {"query_type": query_type, "meta": json.dumps(meta)}
     sample = score_answer(f"<think>x</think><answer>{gold}</answer>", gold, extra_info, RewardOptions())
     assert sample.answer_type == answer_type and sample.acc == 1.0
     assert (sample.f1 is not None) == (answer_type == "open")  # token recall and F1 only for open questions
+
+
+PARSE_CASES = {  # (data_source, index): response; None is no prediction
+    ("slake", 0): "<answer>yes, no effusion</answer>",  # well-formed, but no yes or no can be read
+    ("slake", 1): "是",  # no <answer>
+    ("slake", 2): "<answer>A</answer><answer>B</answer>",  # two answers
+    ("slake", 3): "<think>looking</think><answer>lung</answer>",  # read
+    ("slake", 4): None,  # missing: not a parse failure
+    ("pmc_vqa", 0): "<answer>B or C</answer>",  # no single choice read
+    ("pmc_vqa", 1): "<answer>A</answer>",  # read
+}
+
+
+def test_score_and_eval_score_count_the_same_parse_failures(prepared: dict[str, Path], tmp_path: Path,
+                                                            capsys) -> None:
+    dirs = [str(prepared["slake"]), str(prepared["pmc_vqa"])]
+    rows = load_rows(dirs)
+    given = {key: response for key, response in PARSE_CASES.items() if response is not None}
+    preds = tmp_path / "eval.jsonl"
+    preds.write_text("".join(json.dumps({"data_source": s, "index": i, "response": r}) + "\n"
+                             for (s, i), r in given.items()))
+    assert main(["eval", "score", "--data", *dirs, "--run", f"m={preds}", "--output", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["m"]
+    lines = tmp_path / "score.jsonl"
+    lines.write_text("".join(json.dumps({"solution_str": r, "ground_truth": rows[key]["reward_model"]["ground_truth"],
+                                         "data_source": key[0], "extra_info": rows[key]["extra_info"]}) + "\n"
+                             for key, r in given.items()))
+    capsys.readouterr()
+    assert main(["score", "--input", str(lines)]) == 0
+    out = capsys.readouterr().out
+    counted = {line.split("|")[1].strip(): int(line.split("|")[6]) for line in out.splitlines()
+               if line.startswith(("| slake |", "| pmc_vqa |"))}
+    assert counted == {"slake": 3, "pmc_vqa": 1}
+    assert {source: metrics[source]["parse_failures"] for source in counted} == counted
+    assert metrics["slake"]["missing"] == 1

@@ -17,14 +17,9 @@ from medverl.cli import main
 from medverl.eval import run, stage
 from medverl.eval.samples import write_samples
 from medverl.pipeline import Pipeline, PipelineError, run_pipeline
-from medverl.training.tiny_qwen import save_tiny_model, save_tiny_processor
+from medverl.models import get_family
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +38,11 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def test_eval_run_on_cpu_writes_what_eval_score_reads(tiny: Path, benchmarks: dict[str, Path], tmp_path: Path,
+def test_eval_run_on_cpu_writes_what_eval_score_reads(tiny_model: Path, benchmarks: dict[str, Path], tmp_path: Path,
                                                       capsys) -> None:
     preds = tmp_path / "preds.jsonl"
     data = [str(benchmarks["vqa_rad"]), str(benchmarks["mmmu_hm"])]
-    assert main(["eval", "run", "--model", str(tiny), "--data", *data, "--output", str(preds), "--backend", "hf",
+    assert main(["eval", "run", "--model", str(tiny_model), "--data", *data, "--output", str(preds), "--backend", "hf",
                  "--max-tokens", "6", "--batch-size", "3"]) == 0
     assert "7 predictions (hf)" in capsys.readouterr().out
     lines = _lines(preds)
@@ -60,8 +55,8 @@ def test_eval_run_on_cpu_writes_what_eval_score_reads(tiny: Path, benchmarks: di
     assert {k: (m["n"], m["missing"]) for k, m in metrics.items()} == {"vqa_rad": (3, 0), "mmmu_hm": (4, 0)}
 
 
-def test_prompts_follow_verls_rendering_at_the_rows_resolution(tiny: Path, benchmarks: dict[str, Path]) -> None:
-    files = run.ModelFiles(str(tiny))
+def test_prompts_follow_verls_rendering_at_the_rows_resolution(tiny_model: Path, benchmarks: dict[str, Path]) -> None:
+    files = run.ModelFiles(str(tiny_model))
     rows = run.read_rows([benchmarks["mmmu_hm"]])
     four = next(r for r in rows if len(r["images"]) == 4)
     prompt = files.prompt(four)
@@ -73,16 +68,18 @@ def test_prompts_follow_verls_rendering_at_the_rows_resolution(tiny: Path, bench
     assert image.size[0] * image.size[1] <= 28 * 28 * 4 and image.size[0] % 28 == 0 == image.size[1] % 28
 
 
-def test_batched_greedy_is_unbatched_greedy_and_never_a_vision_token(tiny: Path, benchmarks: dict[str, Path]) -> None:
-    files = run.ModelFiles(str(tiny))
-    generator = run.HFGenerator(str(tiny), files, max_tokens=8, batch_size=4, device="cpu")
+def test_batched_greedy_is_unbatched_greedy_and_never_a_vision_token(tiny_model: Path,
+                                                                      benchmarks: dict[str, Path]) -> None:
+    files = run.ModelFiles(str(tiny_model))
+    generator = run.HFGenerator(str(tiny_model), files, max_tokens=8, batch_size=4, device="cpu")
     rows = run.read_rows([benchmarks["vqa_rad"], benchmarks["mmmu_hm"]])  # prompts of different lengths, 1-4 images
     prompts = [files.prompt(r) for r in rows]
     batched = generator.token_ids(prompts)
     assert batched == [ids for p in prompts for ids in generator.token_ids([p])]
     assert generator([prompts[0]]) == [files.tokenizer.decode(batched[0], skip_special_tokens=True)]
-    # a model that prefers vision tokens above all: they are suppressed, as in medverl.cpu.rollout
-    vision = [files.tokenizer.convert_tokens_to_ids(t) for t in run.VISION_TOKENS]
+    # a model that prefers vision tokens above all: its family's are suppressed, as in medverl.cpu.rollout
+    assert files.family == get_family("qwen2.5-vl")
+    vision = [files.tokenizer.convert_tokens_to_ids(t) for t in files.family.never_sample]
     assert sorted(generator.suppressed) == sorted(vision)
 
     def prefer_vision(module, inputs, logits):
@@ -98,11 +95,6 @@ def test_batched_greedy_is_unbatched_greedy_and_never_a_vision_token(tiny: Path,
         hook.remove()
 
 
-def test_the_same_vision_tokens_as_the_cpu_rollout() -> None:
-    rollout = pytest.importorskip("medverl.cpu.rollout")
-    assert run.VISION_TOKENS == rollout.VISION_TOKENS
-
-
 def _edit_config(model: Path, change) -> None:
     config = json.loads((model / "config.json").read_text())
     change(config)
@@ -113,25 +105,26 @@ def _edit_config(model: Path, change) -> None:
     ("make", "error"),
     [
         # a processor directory: config.json, no weights
-        (lambda tiny, d: save_tiny_processor(d), "no weights (*.safetensors or pytorch_model*.bin)"),
+        (lambda tiny_model, d: shutil.copytree(tiny_model, d, ignore=shutil.ignore_patterns("*.safetensors")),
+         "no weights (*.safetensors or pytorch_model*.bin)"),
         # no directory at all
-        (lambda tiny, d: d, "no such directory"),
+        (lambda tiny_model, d: d, "no such directory"),
         # a verl checkpoint folder, not an HF model
-        (lambda tiny, d: (d.mkdir(), (d / "model_world_size_1_rank_0.pt").write_bytes(b""))[0], "no config.json"),
+        (lambda tiny_model, d: (d.mkdir(), (d / "model_world_size_1_rank_0.pt").write_bytes(b""))[0], "no config.json"),
         # the model's image token is another token of the tokenizer
-        (lambda tiny, d: _edit_config(Path(shutil.copytree(tiny, d)), lambda c: c.update(image_token_id=7)),
+        (lambda tiny_model, d: _edit_config(Path(shutil.copytree(tiny_model, d)), lambda c: c.update(image_token_id=7)),
          "expects image_token_id 7"),
         # a tokenizer larger than the model's vocabulary
-        (lambda tiny, d: _edit_config(Path(shutil.copytree(tiny, d)),
+        (lambda tiny_model, d: _edit_config(Path(shutil.copytree(tiny_model, d)),
                                       lambda c: c["text_config"].update(vocab_size=500)),
          "more than the model's vocabulary of 500"),
     ],
     ids=["no-weights", "missing", "verl-checkpoint", "image-token", "vocab"],
 )
-def test_a_model_that_cannot_generate_is_a_usage_error(tiny: Path, benchmarks: dict[str, Path], tmp_path: Path,
+def test_a_model_that_cannot_generate_is_a_usage_error(tiny_model: Path, benchmarks: dict[str, Path], tmp_path: Path,
                                                        capsys, make, error: str) -> None:
     model = tmp_path / "model"
-    make(tiny, model)
+    make(tiny_model, model)
     preds = tmp_path / "p.jsonl"
     assert main(["eval", "run", "--model", str(model), "--data", str(benchmarks["vqa_rad"]), "--output", str(preds),
                  "--backend", "hf"]) == 2
@@ -152,12 +145,12 @@ def _with_bad_image(prepared: Path, out: Path, index: int) -> Path:
     return out
 
 
-def test_an_image_that_does_not_decode_is_rejected_and_scored_missing(tiny: Path, benchmarks: dict[str, Path],
+def test_an_image_that_does_not_decode_is_rejected_and_scored_missing(tiny_model: Path, benchmarks: dict[str, Path],
                                                                       tmp_path: Path, capsys) -> None:
     data = _with_bad_image(benchmarks["vqa_rad"], tmp_path / "vqa_rad", 1)
     preds = tmp_path / "preds.jsonl"
-    assert main(["eval", "run", "--model", str(tiny), "--data", str(data), "--output", str(preds), "--backend", "hf",
-                 "--max-tokens", "4"]) == 1
+    assert main(["eval", "run", "--model", str(tiny_model), "--data", str(data), "--output", str(preds), "--backend",
+                 "hf", "--max-tokens", "4"]) == 1
     err = capsys.readouterr().err
     assert "1 row(s) not generated (bad_image 1)" in err and "preds.rejects.jsonl" in err
     assert [p["index"] for p in _lines(preds)] == [0, 2]
@@ -186,13 +179,13 @@ class Echo:
         pass
 
 
-def test_several_checkpoints_make_one_resumable_table(tiny: Path, benchmarks: dict[str, Path], tmp_path: Path,
+def test_several_checkpoints_make_one_resumable_table(tiny_model: Path, benchmarks: dict[str, Path], tmp_path: Path,
                                                       monkeypatch) -> None:
-    answers = {str(tiny): "<think>x</think><answer>yes</answer>", str(tmp_path / "other"): "<answer>A</answer>"}
-    shutil.copytree(tiny, tmp_path / "other")
+    answers = {str(tiny_model): "<think>x</think><answer>yes</answer>", str(tmp_path / "other"): "<answer>A</answer>"}
+    shutil.copytree(tiny_model, tmp_path / "other")
     monkeypatch.setattr(run, "load_generator", lambda model, *a, **k: Echo(answers[model]))
     monkeypatch.setattr(Echo, "calls", 0)
-    checkpoints = [("base", str(tiny)), ("other", str(tmp_path / "other"))]
+    checkpoints = [("base", str(tiny_model)), ("other", str(tmp_path / "other"))]
     bench = [("VQA-RAD", str(benchmarks["vqa_rad"])), ("MMMU", str(benchmarks["mmmu_hm"]))]
     out = tmp_path / "evals"
     table = stage.evaluate_checkpoints(checkpoints, bench, out, backend="hf", max_tokens=16)
@@ -220,43 +213,47 @@ def test_several_checkpoints_make_one_resumable_table(tiny: Path, benchmarks: di
     assert Echo.calls == 18 + 14
 
 
-def test_checkpoints_are_checked_before_anything_is_generated(tiny: Path, benchmarks: dict[str, Path],
+def test_checkpoints_are_checked_before_anything_is_generated(tiny_model: Path, tiny_processor: Path,
+                                                              benchmarks: dict[str, Path],
                                                               tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.setattr(run, "load_generator", lambda *a, **k: pytest.fail("generated before the checks"))
-    save_tiny_processor(tmp_path / "no_weights")
-    assert main(["eval", "checkpoints", "--model", f"base={tiny}", "--model", f"bad={tmp_path / 'no_weights'}",
+    shutil.copytree(tiny_processor, tmp_path / "no_weights")
+    assert main(["eval", "checkpoints", "--model", f"base={tiny_model}", "--model", f"bad={tmp_path / 'no_weights'}",
                  "--data", str(benchmarks["vqa_rad"]), "--output", str(tmp_path / "out"), "--backend", "hf"]) == 2
     assert f"{tmp_path / 'no_weights'}: no weights" in capsys.readouterr().err
-    assert main(["eval", "checkpoints", "--model", f"base={tiny}", "--data", str(tmp_path), "--output",
+    assert main(["eval", "checkpoints", "--model", f"base={tiny_model}", "--data", str(tmp_path), "--output",
                  str(tmp_path / "out"), "--backend", "hf"]) == 2
     assert "has no manifest.json" in capsys.readouterr().err
 
 
 FAKE_SFT = r'''
 import os, shutil, sys
-args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and not a.startswith("--"))
-step = os.path.join(args["trainer.default_local_dir"], "global_step_1")
-shutil.copytree(os.environ["TRAINED_MODEL"], os.path.join(step, "huggingface"))
-open(os.path.join(args["trainer.default_local_dir"], "latest_checkpointed_iteration.txt"), "w").write("1")
+from pathlib import Path
+from medverl.stages import KINDS, TRACKER
+# Hydra reads a quoted value as the text between the quotes
+args = {k: v.strip("'") for k, v in (a.split("=", 1) for a in sys.argv[1:] if "=" in a and not a.startswith("--"))}
+checkpoints = Path(args["trainer.default_local_dir"])
+shutil.copytree(os.environ["TRAINED_MODEL"], KINDS["sft"].checkpoint_model(checkpoints, 1))
+(checkpoints / TRACKER).write_text("1")
 '''
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, tiny: Path, benchmarks: dict[str, Path], monkeypatch) -> Path:
+def workdir(tmp_path: Path, tiny_models, benchmarks: dict[str, Path], monkeypatch) -> Path:
     """SFT data prepared, a stand-in trainer whose saved model is another tiny model, and a pipeline file maker."""
     (tmp_path / "examples").symlink_to(REPO / "examples")
     monkeypatch.chdir(tmp_path)
     assert main(["prep", "sft", "examples/data/sft.jsonl", "--output", "data/sft", "--image-root",
                  "examples/data/images"]) == 0
     (tmp_path / "fake_sft.py").write_text(FAKE_SFT)
-    monkeypatch.setenv("TRAINED_MODEL", str(save_tiny_model(tmp_path / "trained", seed=1)))
+    monkeypatch.setenv("TRAINED_MODEL", str(tiny_models.model(seed=1)))
     return tmp_path
 
 
-def _pipeline(workdir: Path, tiny: Path, *stages: dict) -> Path:
+def _pipeline(workdir: Path, tiny_model: Path, *stages: dict) -> Path:
     """A pipeline file: the tiny model, on CPU, an SFT stage (the stand-in trainer), then `stages`."""
     config = {
-        "model": str(tiny), "output": "runs/p", "device": "cpu", "gpus_per_node": 1,
+        "model": str(tiny_model), "output": "runs/p", "device": "cpu", "gpus_per_node": 1,
         "launchers": {"sft": [sys.executable, str(workdir / "fake_sft.py")]},
         "stages": [{"name": "sft1", "recipe": "sft_stage1", "train": ["data/sft"]}, *stages],
     }
@@ -265,16 +262,16 @@ def _pipeline(workdir: Path, tiny: Path, *stages: dict) -> Path:
     return path
 
 
-def test_the_eval_stage_scores_the_start_and_every_earlier_stage(workdir: Path, tiny: Path,
+def test_the_eval_stage_scores_the_start_and_every_earlier_stage(workdir: Path, tiny_model: Path,
                                                                 benchmarks: dict[str, Path], capsys) -> None:
     eval_stage = {"name": "eval", "kind": "eval", "benchmarks": {"VQA-RAD": str(benchmarks["vqa_rad"])},
                   "max_tokens": 4}
-    config = _pipeline(workdir, tiny, eval_stage)
+    config = _pipeline(workdir, tiny_model, eval_stage)
     assert main(["pipeline", str(config), "--dry-run"]) == 0
     out = capsys.readouterr().out
     output = workdir / "runs" / "p"
-    assert f"[eval] evaluates base ({tiny}), sft1 ({output / 'sft1' / 'model'}) on VQA-RAD" in out
-    assert f"eval checkpoints --model=base={tiny} --model=sft1={output / 'sft1' / 'model'}" in out
+    assert f"[eval] evaluates base ({tiny_model}), sft1 ({output / 'sft1' / 'model'}) on VQA-RAD" in out
+    assert f"eval checkpoints --model=base={tiny_model} --model=sft1={output / 'sft1' / 'model'}" in out
     assert "--backend hf --max-tokens 4 --device cpu" in out and not output.exists()
     assert main(["pipeline", str(config)]) == 0
     md = (output / "eval_table.md").read_text()
@@ -300,33 +297,36 @@ def test_the_eval_stage_scores_the_start_and_every_earlier_stage(workdir: Path, 
          "checkpoint runs/elsewhere/model: no earlier stage makes it and runs/elsewhere/model: no such directory"),
         ({"checkpoints": {"later": "sft2"}}, "checkpoint later is sft2, a later stage"),
         ({"checkpoints": ["eval"]}, "checkpoint eval is eval, an eval stage"),
-        ({"max_tokens": 0}, "max_tokens must be a positive integer"),
-        ({"recipe": "grpo"}, "an eval stage needs name, kind: eval, benchmarks"),
-        ({"kind": "evaluate"}, "kind must be train \\(the default\\) or eval"),
+        ({"max_tokens": 0}, "'max_tokens' must be a positive integer"),
+        ({"recipe": "grpo"}, "unknown key 'recipe'; known: name, kind, benchmarks"),
+        ({"kind": "evaluate"}, "'kind' must be one of cpt, sft, grpo, eval, got 'evaluate'"),
+        ({"benchmarks": 5}, "'benchmarks' must be a list or a mapping"),
     ],
 )
-def test_a_bad_eval_stage_is_named_before_anything_runs(workdir: Path, tiny: Path, benchmarks: dict[str, Path],
+def test_a_bad_eval_stage_is_named_before_anything_runs(workdir: Path, tiny_model: Path, benchmarks: dict[str, Path],
                                                         eval_stage: dict, error: str) -> None:
     stage_spec = {"name": "eval", "kind": "eval", "benchmarks": [str(benchmarks["vqa_rad"])], **eval_stage}
-    config = _pipeline(workdir, tiny, stage_spec, {"name": "sft2", "recipe": "sft_stage1", "train": ["data/sft"]})
+    config = _pipeline(workdir, tiny_model, stage_spec, {"name": "sft2", "recipe": "sft_stage1", "train": ["data/sft"]})
     with pytest.raises(PipelineError, match=error):
         run_pipeline(Pipeline.load(config), dry_run=True)
     assert not (workdir / "runs").exists()
 
 
-def test_a_starting_model_that_is_not_there_is_named(workdir: Path, tiny: Path, benchmarks: dict[str, Path]) -> None:
+def test_a_starting_model_that_is_not_there_is_named(workdir: Path, tiny_model: Path,
+                                                      benchmarks: dict[str, Path]) -> None:
     eval_stage = {"name": "eval", "kind": "eval", "benchmarks": [str(benchmarks["vqa_rad"])]}
-    config = _pipeline(workdir, tiny, eval_stage)
-    config.write_text(config.read_text().replace(str(tiny), str(workdir / "nowhere")))
+    config = _pipeline(workdir, tiny_model, eval_stage)
+    config.write_text(config.read_text().replace(str(tiny_model), str(workdir / "nowhere")))
     with pytest.raises(PipelineError, match=f"checkpoint base: the starting model {workdir / 'nowhere'}: no such "
                                             "directory"):
         run_pipeline(Pipeline.load(config), dry_run=True)
 
 
-def test_a_finished_stages_model_that_is_gone_is_named(workdir: Path, tiny: Path, benchmarks: dict[str, Path]) -> None:
-    assert run_pipeline(Pipeline.load(_pipeline(workdir, tiny))) == 0  # the training stage alone
+def test_a_finished_stages_model_that_is_gone_is_named(workdir: Path, tiny_model: Path,
+                                                       benchmarks: dict[str, Path]) -> None:
+    assert run_pipeline(Pipeline.load(_pipeline(workdir, tiny_model))) == 0  # the training stage alone
     (workdir / "runs" / "p" / "sft1" / "model").unlink()
     eval_stage = {"name": "eval", "kind": "eval", "benchmarks": [str(benchmarks["vqa_rad"])]}
     with pytest.raises(PipelineError, match="needs the model of stage sft1, finished before, but .* is gone: rerun "
                                             "it with --from sft1"):
-        run_pipeline(Pipeline.load(_pipeline(workdir, tiny, eval_stage)), dry_run=True)
+        run_pipeline(Pipeline.load(_pipeline(workdir, tiny_model, eval_stage)), dry_run=True)

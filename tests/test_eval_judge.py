@@ -1,4 +1,4 @@
-"""``eval score --judge-url``: an LLM decides the open answers, through the QC judge's client, against a loopback
+"""``eval score --judge-url``: an LLM decides the open answers, through medverl.http's judge, against a loopback
 OpenAI-compatible server; failed calls are counted apart from wrong answers and retried on the next run."""
 
 import json
@@ -8,9 +8,11 @@ import pytest
 from loopback import Endpoint, chat_reply, serve
 
 from medverl.cli import main
-from medverl.eval.judge import parse_answer_verdict
+from medverl.eval.judge import judge_open_answers, parse_answer_verdict
 from medverl.eval.samples import LAYOUTS, write_samples
-from medverl.qc.judge import JudgeReplyError
+from medverl.eval.scoring import SampleScore
+from medverl.http import JudgeOutcome, JudgeReplyError
+from medverl.rewards import RewardOptions, register, score_sample
 
 
 class _Grader(Endpoint):
@@ -100,4 +102,46 @@ def test_answer_verdicts_are_checked(content: str, ok: bool) -> None:
 def test_layouts_cover_every_benchmark() -> None:
     from medverl.eval.benchmarks import READERS
 
-    assert set(LAYOUTS) == set(READERS)
+    assert set(LAYOUTS) == set(READERS.names())
+
+
+class _Asked:
+    """A stand-in judge that records the answers it is shown and calls each right."""
+
+    class config:  # noqa: N801  (the attribute judge_open_answers reads)
+        concurrency = 2
+
+    def __init__(self) -> None:
+        self.answers: list[str] = []
+
+    def score(self, text: str, images=()) -> JudgeOutcome:
+        self.answers.append(text.split("Model's answer: ", 1)[1])
+        return JudgeOutcome({"correct": True, "rationale": "same"})
+
+
+PREFILLED = RewardOptions(think_prefilled=True)
+
+
+@pytest.mark.parametrize(("response", "options"), [
+    ("<think>an opacity</think><answer>Right Upper Lobe</answer>", RewardOptions()),  # case kept
+    ("<answer>\n  right upper lobe \t\n</answer>", RewardOptions()),  # whitespace around the answer
+    ("<answer>left</answer> then <answer>right</answer>", RewardOptions()),  # two answer blocks: none read
+    ("<think>was it <answer>left</answer>?</think><answer>right</answer>", RewardOptions()),  # one inside the think
+    ("<think>looking</think><answer>right upper", RewardOptions()),  # unclosed <answer> (truncated)
+    ("<think>looking at <answer>right</answer>", RewardOptions()),  # unclosed <think>
+    ("<answer>  </answer>", RewardOptions()),  # blank
+    ("right upper lobe", RewardOptions()),  # no tags at all
+    ("the apex</think><answer>right apex</answer>", PREFILLED),  # the template opened <think>
+    ("the apex <answer>right apex</answer>", PREFILLED),  # prefilled think never closed
+    ("<answer>" + "x" * 20 + "</answer>", RewardOptions(max_answer_chars=10)),  # longer than the reward reads
+])
+def test_the_judge_is_shown_the_answer_the_reward_reads(response: str, options: RewardOptions) -> None:
+    read: list[str] = []
+    register("echo_open", answer_type="open")(lambda answer, golds: read.append(answer) or 1.0)
+    score_sample(response, "right upper lobe", {"query_type": "echo_open"}, options)
+    judge = _Asked()
+    sample = SampleScore("m", "bench", 0, "echo_open", "open", 0.0, 0.0, 0.0, False, "", "")
+    rows = {("bench", 0): {"extra_info": {"question": "where?"}, "reward_model": {"ground_truth": "right upper lobe"}}}
+    judged = judge_open_answers(judge, [sample], rows, {("bench", 0): response}, options)
+    assert judge.answers == read  # the same answer, or neither reads one
+    assert judged[0].judge == ("correct" if read else None)

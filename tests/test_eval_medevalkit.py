@@ -130,7 +130,7 @@ def test_compat_scores_prepared_rows_with_their_harness_view(tmp_path: Path) -> 
 
 
 def test_rows_prepared_without_a_harness_view_get_one_from_their_query_type() -> None:
-    from medverl.eval.score import score_answer
+    from medverl.eval.scoring import score_answer
     from medverl.rewards import RewardOptions
 
     info = {"query_type": "multiple_choice", "options": ["Nevus", "Melanoma"], "meta": "{}"}

@@ -7,8 +7,9 @@ import pyarrow as pa
 import pytest
 
 from medverl.cli import main
-from medverl.data.job import Job, JobError, Rejected, windows
-from medverl.data.prepared import PreparedError, check_reward_options, open_prepared
+from medverl.data.job import Job, JobError, Reject, windows
+from medverl.data.prepared import PreparedError, open_prepared
+from medverl.data.references import check_reward_options
 
 
 def _records(path: Path, n: int) -> Path:
@@ -33,7 +34,7 @@ def test_windows(size: int, start: int, expected: list) -> None:
 def test_a_job_accounts_for_every_record_and_resumes_at_its_last_window(tmp_path: Path) -> None:
     with Job(tmp_path / "out", "demo", {"inputs": ["x"]}, lines="kept.jsonl") as job:
         job.write_line('{"a": 1}')
-        job.reject(Rejected(2, "x:2", "bad", "why", "{"))
+        job.reject(Reject("bad", "why", 2, "x:2", "{"))
         job.commit(2)
         job.write_line('{"a": 3}')  # a window that never commits
     with pytest.raises(JobError, match="pass --resume"):
@@ -70,8 +71,10 @@ def test_the_reader_knows_the_kind_and_says_what_is_wrong(tmp_path: Path, capsys
     assert main(["prep", "rl", str(_records(tmp_path / "rl.jsonl", 2)), "--output", str(tmp_path / "rl")]) == 0
     prepared = open_prepared(tmp_path / "rl", ("rl",))
     assert prepared.kind == "rl" and prepared.template["name"] == "think_answer" and len(list(prepared.rows())) == 2
-    with pytest.raises(PreparedError, match="holds rl data .*this command reads sft"):
+    with pytest.raises(PreparedError, match="holds rl data; this command reads sft data"):
         open_prepared(tmp_path / "rl", ("sft",))
+    assert main(["qc", "filter", str(tmp_path / "rl"), "--output", str(tmp_path / "f")]) == 2
+    assert "qc_scores data is made by medverl qc score" in capsys.readouterr().err  # the command line says the fix
     with pytest.raises(PreparedError, match="has no manifest.json"):
         open_prepared(tmp_path, ("rl",))
     assert main(["rewards", "check", str(tmp_path / "rl")]) == 0

@@ -19,15 +19,20 @@ import yaml
 
 from medverl.cli import main
 from medverl.pipeline import Pipeline, PipelineError, run_pipeline
+from medverl.stages import KINDS
 
 REPO = Path(__file__).resolve().parent.parent
 
 FAKE_TRAINER = r'''
 import json, os, sys
-args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and not a.startswith("--"))
+from pathlib import Path
+from medverl.stages import KINDS
+# Hydra reads a quoted value as the text between the quotes
+args = {k: v.strip("'") for k, v in (a.split("=", 1) for a in sys.argv[1:] if "=" in a and not a.startswith("--"))}
 name = args["trainer.experiment_name"]
+kind = KINDS["grpo"] if sys.argv[1] == "ppo" else KINDS["sft"]
 with open(os.environ["TRAINER_CALLS"], "a") as f:
-    f.write(json.dumps({"stage": name, "model": args.get("model.path") or args.get("actor_rollout_ref.model.path")}) + "\n")
+    f.write(json.dumps({"stage": name, "model": args[kind.model_key]}) + "\n")
 print(f"training {name}")
 if name == os.environ.get("HANG_STAGE"):  # a trainer that started a worker of its own, then runs until stopped
     import subprocess, time
@@ -37,8 +42,7 @@ if name == os.environ.get("HANG_STAGE"):  # a trainer that started a worker of i
 if name == os.environ.get("FAIL_STAGE"):
     print("CUDA out of memory", file=sys.stderr)
     sys.exit(3)
-step = os.path.join(args["trainer.default_local_dir"], "global_step_7")
-model = os.path.join(step, "actor", "huggingface") if "actor_rollout_ref.model.path" in args else os.path.join(step, "huggingface")
+model = kind.checkpoint_model(Path(args["trainer.default_local_dir"]), 7)
 os.makedirs(model)
 open(os.path.join(model, "config.json"), "w").write("{}")
 open(os.path.join(model, "model.safetensors"), "wb").write(b"")
@@ -46,7 +50,7 @@ open(os.path.join(args["trainer.default_local_dir"], "latest_checkpointed_iterat
 # metrics as verl's file logger writes them, and GRPO rollouts as verl dumps them
 with open(os.environ["VERL_FILE_LOGGER_PATH"], "w") as f:
     for step in (1, 2):
-        data = {"critic/score/mean": 0.1 * step} if "ppo" in sys.argv[1] else {"train/loss": 3.0 / step}
+        data = {"critic/score/mean": 0.1 * step} if kind.name == "grpo" else {"train/loss": 3.0 / step}
         f.write(json.dumps({"step": step, "data": data}) + "\n")
 if "trainer.rollout_data_dir" in args:
     os.makedirs(args["trainer.rollout_data_dir"])
@@ -101,7 +105,7 @@ def _calls(workdir: Path) -> list[dict]:
 
 def test_dry_run_prints_the_exact_commands(workdir: Path, capsys) -> None:
     config = Pipeline.load(REPO / "recipes" / "pipelines" / "qwen25_vl_3b_8gpu.yaml")
-    assert config.trainer(config.stages[0]) == "sft" and config.data_kind(config.stages[0]) == "cpt"
+    assert config.kind(config.stages[0]).name == "cpt" and config.kind(config.stages[-1]).name == "grpo"
     assert main(["pipeline", str(_config(workdir, launchers={})), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     commands = {line.split("] ", 1)[0][1:]: shlex.split(line.split("] ", 1)[1]) for line in lines}
@@ -111,14 +115,14 @@ def test_dry_run_prints_the_exact_commands(workdir: Path, capsys) -> None:
     assert cpt[:7] == [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=1",
                        "--standalone", "-m"]
     assert cpt[7] == "verl.trainer.sft_trainer" and cpt[cpt.index("--config-name") + 1] == "cpt"
-    assert f'data.train_files=["{workdir}/data/cpt/part-00000.parquet"]' in cpt
-    assert "model.path=Qwen/Qwen2.5-VL-3B-Instruct" in cpt
-    assert f"trainer.default_local_dir={output}/cpt/checkpoints" in cpt
-    assert f"model.path={output}/cpt/model" in commands["sft1"] and commands["sft1"][-1] == "optim.lr=3e-6"
+    assert f"data.train_files=['{workdir}/data/cpt/part-00000.parquet']" in cpt
+    assert "model.path='Qwen/Qwen2.5-VL-3B-Instruct'" in cpt
+    assert f"trainer.default_local_dir='{output}/cpt/checkpoints'" in cpt
+    assert f"model.path='{output}/cpt/model'" in commands["sft1"] and commands["sft1"][-1] == "optim.lr=3e-6"
     grpo = commands["grpo"]
     assert grpo[:3] == [sys.executable, "-m", "verl.trainer.main_ppo"]
-    assert f"actor_rollout_ref.model.path={output}/sft1/model" in grpo and "data.image_patch_size=14" in grpo
-    assert f'data.val_files=["{workdir}/data/rl_val/part-00000.parquet"]' in grpo
+    assert f"actor_rollout_ref.model.path='{output}/sft1/model'" in grpo and "data.image_patch_size=14" in grpo
+    assert f"data.val_files=['{workdir}/data/rl_val/part-00000.parquet']" in grpo
     assert not output.exists()  # a dry run writes nothing
 
 
@@ -128,7 +132,7 @@ def test_stages_run_in_order_and_hand_on_their_models(workdir: Path, capsys) -> 
     assert [c["stage"] for c in _calls(workdir)] == ["cpt", "sft1", "grpo"]
     assert [c["model"] for c in _calls(workdir)] == [
         "Qwen/Qwen2.5-VL-3B-Instruct", str(output / "cpt" / "model"), str(output / "sft1" / "model")]
-    assert (output / "grpo" / "model").resolve() == output / "grpo" / "checkpoints" / "global_step_7" / "actor" / "huggingface"
+    assert (output / "grpo" / "model").resolve() == KINDS["grpo"].checkpoint_model(output / "grpo" / "checkpoints", 7)
     assert "training sft1" in (output / "logs" / "sft1.log").read_text()
     state = json.loads((output / "pipeline_state.json").read_text())
     assert list(state["stages"]) == ["cpt", "sft1", "grpo"]
@@ -152,15 +156,15 @@ def test_metrics_of_every_stage_are_gathered_and_drawn(workdir: Path) -> None:
 
 
 def test_cpu_runs_the_same_entry_points_with_the_cpu_overrides(workdir: Path, capsys) -> None:
-    from medverl.cpu import PPO_OVERRIDES, SFT_OVERRIDES
-
     assert main(["pipeline", str(_config(workdir, launchers={})), "--dry-run", "--cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
     commands = {line.split("] ", 1)[0][1:]: shlex.split(line.split("] ", 1)[1]) for line in lines}
     assert commands["cpt"][2:4] == ["torch.distributed.run", "--nnodes=1"]
-    assert commands["cpt"][-len(SFT_OVERRIDES):] == list(SFT_OVERRIDES)
+    sft_cpu, ppo_cpu = KINDS["cpt"].cpu_arguments(), KINDS["grpo"].cpu_arguments()
+    assert commands["cpt"][-len(sft_cpu):] == list(sft_cpu)
     assert commands["grpo"][1:3] == ["-m", "verl.trainer.main_ppo"]
-    assert commands["grpo"][-len(PPO_OVERRIDES):] == list(PPO_OVERRIDES)
+    assert commands["grpo"][-len(ppo_cpu):] == list(ppo_cpu)
+    assert f"ray_kwargs.ray_init.num_cpus={max(os.cpu_count(), 16)}" in commands["grpo"]
     # the stage's own overrides come last, so they win over the CPU ones
     assert commands["sft1"][-1] == "optim.lr=3e-6"
     pipeline = dataclasses.replace(Pipeline.load(_config(workdir)), device="cpu")
@@ -222,17 +226,43 @@ def test_a_changed_finished_stage_needs_from(workdir: Path, capsys) -> None:
         ({"stages": [{"name": "rl", "recipe": "grpo", "train": ["data/rl"]}]}, "GRPO needs validation data"),
         ({"stages": [{"name": "x", "recipe": "sft_stage9", "train": ["data/sft"]}]}, "no recipe .*sft_stage9.yaml"),
         ({"stages": [{"name": "rl", "recipe": "grpo", "train": ["data/rl"], "val": ["data/rl_val"],
-                      "overrides": ["actor_rollout_ref.no_such_key=1"]}]},
-         "stage rl: its recipe and overrides do not compose: .*no_such_key"),
-        ({"stages": [{"name": "x", "train": ["data/sft"]}]}, "stage 0 needs name, recipe, train"),
-        ({"gpu_per_node": 2}, r"unknown key\(s\) \['gpu_per_node'\]"),
-        ({"device": "tpu"}, "device must be one of cuda, cpu, got 'tpu'"),
+                      "overrides": ["actor_rollout_ref.rollout.temprature=1"]}]},
+         "stage rl: override 'actor_rollout_ref.rollout.temprature=1': actor_rollout_ref.rollout has no key "
+         "'temprature'; did you mean actor_rollout_ref.rollout.temperature\\?; a new key takes a leading \\+"),
+        ({"stages": [{"name": "s", "recipe": "sft_stage1", "train": ["data/sft"], "overrides": ["optimm.lr=1"]}]},
+         "override 'optimm.lr=1': the top level has no key 'optimm'; did you mean optim\\?"),
+        ({"stages": [{"name": "rl", "recipe": "grpo", "train": ["data/rl"], "val": ["data/rl_val"],
+                      "overrides": ["actor_rollout_ref.rollout.n=[1"]}]},
+         "stage rl: its recipe and overrides do not compose: .*actor_rollout_ref.rollout.n"),
+        ({"stages": [{"name": "x", "train": ["data/sft"]}]}, "stage 0: 'recipe' is required"),
+        ({"stages": [{"name": "x", "recipe": "cpt", "train": ["data/cpt"], "max_pixel": 5}]},
+         "stage 0: unknown key 'max_pixel'; did you mean 'max_pixels'\\?"),
+        ({"stages": [{"name": "x", "recipe": "cpt", "kind": "grpo", "train": ["data/cpt"]}]},
+         "stage x: kind grpo, but recipe cpt is a cpt recipe"),
+        ({"stages": [{"name": "x", "recipe": "cpt", "kind": "train", "train": ["data/cpt"]}]},
+         "stage 0: 'kind' must be one of cpt, sft, grpo, eval, got 'train'"),
+        ({"stages": [{"name": "../x", "recipe": "cpt", "train": ["data/cpt"]}]},
+         "stage 0: 'name' must be letters, digits"),
+        ({"stages": [{"name": "x", "recipe": "cpt", "train": "data/cpt"}]}, "stage 0: 'train' must be a list"),
+        ({"stages": [{"name": "x", "recipe": "cpt", "train": ["data/cpt"], "overrides": "optim.lr=1"}]},
+         "stage 0: 'overrides' must be a list"),
+        ({"stages": ["cpt"]}, "stage 0: must be a mapping of keys"),
+        ({"stages": {"cpt": {}}}, "'stages' must be a non-empty list"),
+        ({"gpus_per_node": -3}, "'gpus_per_node' must be a positive integer, got -3"),
+        ({"gpu_per_node": 2}, "unknown key 'gpu_per_node'; did you mean 'gpus_per_node'\\?"),
+        ({"device": "tpu"}, "'device' must be one of cuda, cpu, got 'tpu'"),
     ],
 )
 def test_bad_pipelines_fail_before_anything_runs(workdir: Path, change: dict, error: str) -> None:
     with pytest.raises(PipelineError, match=error):
-        run_pipeline(Pipeline.load(_config(workdir, **change)))
+        run_pipeline(Pipeline.load(_config(workdir, **change)), dry_run=True)
     assert not _calls(workdir)
+
+
+def test_the_readme_documents_every_key_of_the_pipeline_file() -> None:
+    from medverl.pipeline.file import keys_table
+
+    assert keys_table() in (REPO / "README.md").read_text(encoding="utf-8")
 
 
 def test_several_nodes_need_the_rendezvous_environment(workdir: Path) -> None:
@@ -308,3 +338,70 @@ def test_a_stopped_pipeline_stops_its_trainer_and_what_the_trainer_started(workd
         time.sleep(0.1)
     assert not _alive(trainer) and not _alive(worker)
     assert [c["stage"] for c in _calls(workdir)] == ["cpt", "sft1"]
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("model: m\noutput: o\nstages: [\n", r"(?s)pipeline.yaml: not valid YAML: .*line 4"),  # a syntax error
+        ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+            f"{b}: &{b} [*{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}]\n"
+            for a, b in zip("abcdefgh", "bcdefghi")), "aliases .* expand to more than 100000 values"),
+        ("[" * 5000 + "]" * 5000, "nested too deeply"),
+        ("- model: m\n", "must be a mapping of keys"),
+        ("model: m\noutput: o\nstages:\n  - name: x\n    recipe: cpt\n    train: [data/cpt]\n    max_pixel: 5\n",
+         r"pipeline.yaml:7: stage 0: unknown key 'max_pixel'; did you mean 'max_pixels'\?"),
+        ("model: m\noutput: o\nstages:\n  - name: x\n    recipe: cpt\n    train: {a: b}\n",
+         r"pipeline.yaml:6: stage 0: 'train' must be a list"),
+    ],
+)
+def test_a_broken_pipeline_file_is_named_with_its_line(tmp_path: Path, text: str, error: str) -> None:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(text)
+    with pytest.raises(PipelineError, match=error):
+        Pipeline.load(path)
+
+
+def test_interpolations_in_overrides_are_refused_unless_allowed(workdir: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SECRET", "3e-6")
+    stages = [{"name": "s", "recipe": "sft_stage1", "train": ["data/sft"], "overrides": ["optim.lr=${oc.env:SECRET}"]}]
+    with pytest.raises(PipelineError, match="override 'optim.lr=\\${oc.env:SECRET}' interpolates"):
+        run_pipeline(Pipeline.load(_config(workdir, stages=stages)), dry_run=True)
+    pipeline = Pipeline.load(_config(workdir, stages=stages, interpolations=True))
+    assert pipeline.stage_config(pipeline.stages[0]).optim.lr == "3e-6"
+
+
+def test_paths_reach_hydra_quoted(workdir: Path, capsys) -> None:
+    """A model, output or data path with spaces, commas, brackets or '=' is one value to Hydra; one it cannot take is
+    named before anything runs."""
+    odd = workdir / "my data, v2 [final]=x"
+    odd.mkdir()
+    (workdir / "data" / "sft").rename(odd / "sft")
+    stages = [{"name": "s", "recipe": "sft_stage1", "train": [str(odd / "sft")]}]
+    pipeline = Pipeline.load(_config(workdir, stages=stages, model=str(odd), output=str(odd / "out")))
+    config = pipeline.stage_config(pipeline.stages[0])
+    assert config.model.path == str(odd) and config.trainer.default_local_dir == str(odd / "out" / "s" / "checkpoints")
+    assert list(config.data.train_files) == [str(odd / "sft" / "part-00000.parquet")]
+    with pytest.raises(PipelineError, match="cannot be passed to Hydra"):
+        Pipeline.load(_config(workdir, stages=stages, model="it's")).command(0)
+
+
+def test_from_an_empty_or_unknown_stage_is_refused(workdir: Path, capsys) -> None:
+    assert main(["pipeline", str(_config(workdir))]) == 0
+    for name in ("", "../runs", "nope"):
+        assert main(["pipeline", str(_config(workdir)), "--from", name]) == 2
+        assert "no such stage" in capsys.readouterr().err
+    assert sorted(p.name for p in (workdir / "runs").iterdir()) == ["test"]  # nothing moved aside
+
+
+def test_a_cpu_pipeline_starts_under_a_2_gib_address_space_limit(workdir: Path) -> None:
+    """Checking the file, the data and every stage's composed config imports neither torch nor verl."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    done = subprocess.run([sys.executable, "-m", "medverl", "pipeline", str(_config(workdir, launchers={})), "--cpu",
+                           "--dry-run"], capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [line.split("]")[0] for line in done.stdout.splitlines()] == ["[cpt", "[sft1", "[grpo"]

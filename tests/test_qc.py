@@ -15,7 +15,8 @@ from pydicom.data import get_testdata_file
 
 from medverl.cli import main
 from medverl.data.dicom import dicom_to_png
-from medverl.qc.judge import JudgeReplyError, parse_verdict
+from medverl.http import JudgeReplyError
+from medverl.qc.judge import parse_verdict
 from medverl.qc.rules import image_checks, mark_duplicates, score_rules, text_checks
 
 GOOD_REPORT = "Findings: the lungs are clear, no effusion. Impression: normal chest radiograph."
@@ -75,6 +76,32 @@ def test_duplicates_by_content(images: Path) -> None:
 )
 def test_text_checks(text: str, failed: list[str]) -> None:
     assert text_checks(text) == failed
+
+
+@pytest.mark.parametrize(
+    ("ending", "truncated"),
+    [
+        ("the heart is normal.", False),  # terminal punctuation
+        ("is the heart enlarged?", False),
+        ("<think>The film is clear.</think><answer>B</answer>", False),  # our answer format
+        ("<think>The silhouette is within limits</think>", False),  # a closing tag
+        ("Is there a fracture?\nAnswer: B", False),  # how an RL record reads for QC
+        ("Which lobe?\nAnswer: right upper lobe", False),  # an answer needs no full stop
+        ("Which lobe?\nFinal answer: RUL / right upper", False),
+        ("答案：是", False),  # a CJK last character
+        ("the impression (see prior study)", False),  # a closing bracket
+        ('the patient reported "chest pain"', False),  # a closing quote
+        ("options [A, B, C]", False),
+        ("The lungs are clear and the heart size is", True),  # stops mid-sentence
+        ("<think>The film shows", True),  # an unclosed reasoning block
+        ("<answer>B", True),  # an unclosed answer tag
+        ("Is there a fracture?\nAnswer:", True),  # an answer line with no answer
+        ("The answer: B was chosen because the", True),  # "answer:" inside a sentence that stops
+        ("Findings: the", True),
+    ],
+)
+def test_text_truncated_endings(ending: str, truncated: bool) -> None:
+    assert ("text_truncated" in text_checks(ending)) is truncated
 
 
 def test_dimensions_and_modality_relevance(images: Path) -> None:
@@ -159,7 +186,7 @@ def test_judge_over_http_with_failures_and_cache(images: Path, tmp_path: Path, j
     source = tmp_path / "c.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in records))
     args = ["qc", "score", "caption", str(source), "--scorer", "judge", "--judge-url", judge_url, "--judge-model", "vlm",
-            "--image-root", str(images), "--retries", "2", "--timeout", "5"]
+            "--image-root", str(images), "--judge-retries", "2", "--judge-timeout", "5"]
     assert main([*args, "--output", str(tmp_path / "j")]) == 0
     manifest = json.loads((tmp_path / "j" / "manifest.json").read_text())
     assert manifest["counts"] == {"scored": 2, "judge_failed": 2}  # failures counted apart, never a 0

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
-from medverl.training.tiny_qwen import save_tiny_processor
 
 from medverl.pipeline import Pipeline
 
@@ -34,9 +33,9 @@ def example_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "runs" / "example" / "data"
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["qwen2.5-vl", "qwen3-vl"])
-def model_dir(request, tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(save_tiny_processor(tmp_path_factory.mktemp("tiny"), qwen3=request.param))
+@pytest.fixture(scope="module")
+def model_dir(family_processor: tuple[str, Path]) -> str:
+    return str(family_processor[1])
 
 
 def _local(pipeline: Pipeline, data: Path, model: str, output: Path) -> Pipeline:
@@ -45,7 +44,7 @@ def _local(pipeline: Pipeline, data: Path, model: str, output: Path) -> Pipeline
     dirs = {"cpt": ["cpt_captions", "cpt_interleaved"], "sft": ["sft_stage1"], "rl": ["rl"]}
     stages = tuple(
         dataclasses.replace(
-            s, train=tuple(str(data / d) for d in dirs[pipeline.data_kind(s)]),
+            s, train=tuple(str(data / d) for d in dirs[pipeline.kind(s).data_kind]),
             val=(str(data / "rl_val"),) if s.val else (),
         )
         for s in pipeline.training_stages  # an eval stage trains nothing
@@ -89,7 +88,7 @@ def _check_grpo(cfg: DictConfig, pipeline: Pipeline) -> None:
     rollout = {"cuda": "vllm", "cpu": "hf"}[pipeline.device]
     assert cfg.algorithm.adv_estimator == "grpo" and cfg.actor_rollout_ref.rollout.name == rollout
     assert cfg.reward.custom_reward_function.path == "pkg://medverl.rewards"
-    assert cfg.data.image_patch_size == pipeline.image_patch_size
+    assert cfg.data.image_patch_size == pipeline.family.patch_size
     assert "hf_model" in cfg.actor_rollout_ref.actor.checkpoint.save_contents
     rollout = cfg.actor_rollout_ref.rollout
     assert rollout.max_model_len >= cfg.data.max_prompt_length + cfg.data.max_response_length
@@ -101,11 +100,11 @@ def test_every_stage_composes_and_passes_verls_checks(
     path: Path, example_data: Path, model_dir: str, tmp_path: Path
 ) -> None:
     pipeline = _local(Pipeline.load(path), example_data, model_dir, tmp_path)
-    assert [pipeline.trainer(s) for s in pipeline.stages][-1] == "ppo"
+    assert pipeline.kind(pipeline.stages[-1]).name == "grpo"
     for index, stage in enumerate(pipeline.stages):
         cfg = _compose(pipeline, index)
         assert cfg.trainer.n_gpus_per_node == pipeline.gpus_per_node and cfg.trainer.experiment_name == stage.name
-        if pipeline.trainer(stage) == "ppo":
+        if pipeline.kind(stage).name == "grpo":
             _check_grpo(cfg, pipeline)
         else:
             _check_sft(cfg, pipeline, model_dir)
@@ -114,8 +113,8 @@ def test_every_stage_composes_and_passes_verls_checks(
 def test_model_variants_set_their_patch_size_and_a_low_to_high_schedule() -> None:
     for path in PIPELINES:
         pipeline = Pipeline.load(path)
-        assert pipeline.image_patch_size == (16 if "Qwen3-VL" in pipeline.model else 14), path.name
-        sft_pixels = [s.max_pixels for s in pipeline.stages if pipeline.trainer(s) == "sft"]
+        assert pipeline.family.patch_size == (16 if "Qwen3-VL" in pipeline.model else 14), path.name
+        sft_pixels = [s.max_pixels for s in pipeline.stages if pipeline.kind(s).trainer == "sft"]
         assert sft_pixels == sorted(sft_pixels) and len(set(sft_pixels)) > 1, path.name
     names = {p.stem for p in PIPELINES}
     assert {f"{m}_{v}" for m in ("qwen3_vl_4b", "qwen25_vl_3b") for v in ("1gpu_debug", "8gpu")} <= names

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from medverl.rewards import PluginError, UnknownQueryType, Verdict, compute_score
+from medverl.data.converters import PrepOptions, convert_rl
+from medverl.rewards import (
+    InvalidReference,
+    PluginError,
+    UnknownQueryType,
+    Verdict,
+    check_reference,
+    compute_score,
+    register,
+)
 from medverl.rewards import registry as registry_module
 from medverl.rewards.registry import REGISTRY, Registry
 
@@ -156,3 +165,38 @@ def test_example_user_reward_in_reward_fns(monkeypatch) -> None:
     for answer, acc in cases.items():
         verdict = spec.fn(answer, ("J18.9",))
         assert isinstance(verdict, Verdict) and verdict.acc == acc, answer
+
+
+def _letters_only(golds: tuple[str, ...]) -> None:
+    if not all(g.isalpha() for g in golds):
+        raise ValueError(f"{golds[0]!r} is not a word: write the organ's name")
+
+
+def _strict(golds: tuple[str, ...]) -> None:
+    raise InvalidReference("no organ answer can match this reference")
+
+
+def _buggy(golds: tuple[str, ...]) -> None:
+    raise RuntimeError("oops")
+
+
+@pytest.mark.parametrize(
+    ("validate", "reason"),
+    [
+        (_letters_only, "'42' is not a word: write the organ's name"),  # a user's plain ValueError
+        (_strict, "no organ answer can match this reference"),  # the documented exception
+    ],
+)
+def test_a_validate_that_raises_value_error_rejects_the_reference_with_its_message(validate, reason: str) -> None:
+    register("organ", validate=validate)(_dummy)
+    with pytest.raises(InvalidReference, match=reason):
+        check_reference("42", {"query_type": "organ"})
+    reject = convert_rl({"question": "Which organ?", "answer": "42", "query_type": "organ"}, 0, "o.jsonl:1",
+                        PrepOptions())
+    assert (reject.code, reject.reason) == ("invalid_reference", reason)
+
+
+def test_any_other_error_of_a_validate_is_a_bug_in_it() -> None:
+    register("organ", validate=_buggy)(_dummy)
+    with pytest.raises(RuntimeError, match="oops"):
+        check_reference("liver", {"query_type": "organ"})

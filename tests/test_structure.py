@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "medverl"
 MAX_FUNCTION_LINES = 80
 # A part may import its own modules and those of lower layers, never a sibling's or an upper one's.
 LAYERS = {
-    "medverl": 0, "errors": 0,
+    "medverl": 0, "errors": 0, "verl_pins": 0,
     "arguments": 1, "registry": 1, "http": 1, "stages": 1,
     "prompts": 2, "rewards": 2, "models": 2,
     "data": 3,

@@ -13,7 +13,6 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from omegaconf import DictConfig
-from medverl.training.tiny_qwen import save_tiny_tokenizer
 from verl import DataProto
 from verl.trainer.ppo.reward import load_reward_manager
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
@@ -48,8 +47,8 @@ GRPO_KL_OVERRIDES = (
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_tokenizer(tmp_path_factory.mktemp("tiny_qwen"))
+def tokenizer_dir(tiny_processor: Path) -> Path:
+    return tiny_processor
 
 
 @pytest.fixture(scope="module")

@@ -26,10 +26,11 @@ import torch
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
+from medverl.models import family_of_config
+
 logger = logging.getLogger(__name__)
 logger.setLevel(os.environ.get("VERL_LOGGING_LEVEL", "WARN"))  # as verl's own modules
 
-VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 # bytes of weights per Ray call when the actor's weights are sent to the server
 BUCKET_BYTES = 256 << 20
 # how long the server waits for the rest of a burst of requests before it generates: up to 10 waits of 5 ms,
@@ -92,7 +93,9 @@ class HFServer:
         # the actor sends weights under their checkpoint names (verl's convert_weight_keys)
         self.param_of = dict(zip(convert_weight_keys(dict.fromkeys(own), self.model), own, strict=True))
         vocab = self.tokenizer.get_vocab()
-        self.suppressed = [vocab[t] for t in VISION_TOKENS if t in vocab]
+        never_sample = () if self.processor is None else family_of_config(
+            model_config.hf_config, where=model_config.local_path).never_sample
+        self.suppressed = [vocab[t] for t in never_sample if t in vocab]
         self.image_token_id = getattr(model_config.hf_config, "image_token_id", None)
         eos = self.model.generation_config.eos_token_id
         self.eos = sorted({*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
@@ -222,6 +225,7 @@ class HFReplica(RolloutReplica):
             name=server_name(self.replica_rank), num_cpus=0, max_concurrency=self.max_concurrency,
         ).remote(self.config, self.model_config, self.replica_rank)
         self.servers = [server]
+        # private attributes that verl's LLMServerManager reads (pinned in medverl.cpu.patches.PINS)
         self._server_handle = server
         self._server_address = f"hf-replica-{self.replica_rank}"
 

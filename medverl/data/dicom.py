@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import math
-import os
-import sys
 import zlib
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-from medverl.arguments import EXIT_NOTHING_USABLE, EXIT_OK, positive_int
-from medverl.errors import ConfigError
 
 # CT presets as (center, width) in Hounsfield units.
 CT_PRESETS: dict[str, tuple[float, float]] = {
@@ -209,8 +201,6 @@ def dicom_to_png(
 
 
 def _convert(ds, pixels: np.ndarray, preset: str | tuple[float, float] | None) -> DicomImage:
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
-
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
     n_frames = _number(ds, "NumberOfFrames", 1, integer=True, low=1)
     frame = n_frames // 2
@@ -226,6 +216,18 @@ def _convert(ds, pixels: np.ndarray, preset: str | tuple[float, float] | None) -
         "rows": int(pixels.shape[0]),
         "columns": int(pixels.shape[1]),
     }
+    if photometric == "PALETTE COLOR" or photometric in _COLOR or pixels.ndim == 3:
+        meta["window"] = "none (colour)"
+        return DicomImage(_png(_colour(ds, pixels, photometric), "RGB"), meta)
+    out, meta["window"] = _window(ds, _rescaled(ds, pixels, frame), pixels, frame, preset, meta["modality"])
+    if photometric == "MONOCHROME1":
+        out = 255 - out
+    return DicomImage(_png(out, "L"), meta)
+
+
+def _colour(ds, pixels: np.ndarray, photometric: str) -> np.ndarray:
+    """The 8-bit RGB of a palette or colour image (colour images are not windowed)."""
+    from pydicom.pixels import apply_color_lut
 
     if photometric == "PALETTE COLOR":
         if "RedPaletteColorLookupTableDescriptor" not in ds or "RedPaletteColorLookupTableData" not in ds and \
@@ -236,16 +238,17 @@ def _convert(ds, pixels: np.ndarray, preset: str | tuple[float, float] | None) -
             rgb = apply_color_lut(pixels, ds)
         except Exception as exc:
             raise DicomError(f"bad PaletteColorLookupTable (0028,1101-1203): {exc}") from None
-        out = stretch_to_uint8(rgb, 0, float(rgb.max())) if rgb.dtype != np.uint8 else rgb
-        meta["window"] = "none (colour)"
-        return DicomImage(_png(out, "RGB"), meta)
-    if photometric in _COLOR or pixels.ndim == 3:
-        if pixels.ndim != 3 or pixels.shape[2] != 3:
-            raise DicomError(f"PhotometricInterpretation (0028,0004) {photometric} but pixels of shape {pixels.shape}")
-        top = float(2 ** _number(ds, "BitsStored", 8, integer=True, low=1, high=64) - 1)
-        out = pixels if pixels.dtype == np.uint8 else stretch_to_uint8(pixels, 0, top)
-        meta["window"] = "none (colour)"
-        return DicomImage(_png(out, "RGB"), meta)
+        return stretch_to_uint8(rgb, 0, float(rgb.max())) if rgb.dtype != np.uint8 else rgb
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise DicomError(f"PhotometricInterpretation (0028,0004) {photometric} but pixels of shape {pixels.shape}")
+    top = float(2 ** _number(ds, "BitsStored", 8, integer=True, low=1, high=64) - 1)
+    return pixels if pixels.dtype == np.uint8 else stretch_to_uint8(pixels, 0, top)
+
+
+def _rescaled(ds, pixels: np.ndarray, frame: int) -> np.ndarray:
+    """The stored values in modality units (Hounsfield for CT): the frame's rescale, the modality LUT or the
+    header's rescale."""
+    from pydicom.pixels import apply_modality_lut
 
     transform = _functional_group(ds, frame, "PixelValueTransformationSequence")
     if transform is not None and "RescaleSlope" in transform:
@@ -261,15 +264,22 @@ def _convert(ds, pixels: np.ndarray, preset: str | tuple[float, float] | None) -
         x = pixels.astype(np.float64)
         x *= _number(ds, "RescaleSlope", 1.0)
         x += _number(ds, "RescaleIntercept", 0.0)
+    return x
+
+
+def _window(ds, x: np.ndarray, pixels: np.ndarray, frame: int, preset: str | tuple[float, float] | None,
+            modality: object) -> tuple[np.ndarray, str]:
+    """The 8-bit greyscale of rescaled values `x` and how it was windowed, in :func:`dicom_to_png`'s order."""
+    from pydicom.pixels import apply_voi_lut
 
     voi = _functional_group(ds, frame, "FrameVOILUTSequence")
     if isinstance(preset, str):
         center, width = CT_PRESETS[preset]
-        out, meta["window"] = linear_window(x, center, width), f"preset {preset} ({center:g}/{width:g})"
-    elif preset is not None:
+        return linear_window(x, center, width), f"preset {preset} ({center:g}/{width:g})"
+    if preset is not None:
         center, width = preset
-        out, meta["window"] = linear_window(x, center, width), f"explicit ({center:g}/{width:g})"
-    elif "VOILUTSequence" in ds:
+        return linear_window(x, center, width), f"explicit ({center:g}/{width:g})"
+    if "VOILUTSequence" in ds:
         try:
             item = ds.VOILUTSequence[0]
             bits = int(item.LUTDescriptor[2])
@@ -278,106 +288,23 @@ def _convert(ds, pixels: np.ndarray, preset: str | tuple[float, float] | None) -
             lut = apply_voi_lut(pixels, ds, prefer_lut=True).astype(np.float64)
         except Exception as exc:  # an empty sequence or item, no LUTDescriptor, a LUT of the wrong size
             raise DicomError(f"bad VOILUTSequence (0028,3010): {type(exc).__name__}: {exc}") from None
-        out, meta["window"] = stretch_to_uint8(lut, 0.0, float(2**bits - 1)), "VOI LUT sequence"
-    elif voi is not None and "WindowCenter" in voi:
+        return stretch_to_uint8(lut, 0.0, float(2**bits - 1)), "VOI LUT sequence"
+    if voi is not None and "WindowCenter" in voi:
         center, width = _number(voi, "WindowCenter"), _number(voi, "WindowWidth", 1.0)
-        out, meta["window"] = linear_window(x, center, width), f"functional groups ({center:g}/{width:g})"
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        return linear_window(x, center, width), f"functional groups ({center:g}/{width:g})"
+    if "WindowCenter" in ds and "WindowWidth" in ds:
         center, width = _number(ds, "WindowCenter"), _number(ds, "WindowWidth")
         if center is None or width is None:
             raise DicomError("empty WindowCenter (0028,1050) or WindowWidth (0028,1051)")
-        out, meta["window"] = linear_window(x, center, width), f"header ({center:g}/{width:g})"
-    elif meta["modality"] == "CT":
+        return linear_window(x, center, width), f"header ({center:g}/{width:g})"
+    if modality == "CT":
         center, width = CT_PRESETS[DEFAULT_CT_PRESET]
-        out, meta["window"] = linear_window(x, center, width), f"preset {DEFAULT_CT_PRESET} ({center:g}/{width:g})"
-    else:
-        low, high = np.percentile(x, [0.5, 99.5])
-        out, meta["window"] = stretch_to_uint8(x, float(low), float(high)), "percentile 0.5-99.5"
-
-    if photometric == "MONOCHROME1":
-        out = 255 - out
-    return DicomImage(_png(out, "L"), meta)
+        return linear_window(x, center, width), f"preset {DEFAULT_CT_PRESET} ({center:g}/{width:g})"
+    low, high = np.percentile(x, [0.5, 99.5])
+    return stretch_to_uint8(x, float(low), float(high)), "percentile 0.5-99.5"
 
 
 def _png(array: np.ndarray, mode: str) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array), mode=mode).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _parse_preset(value: str) -> str | tuple[float, float]:
-    """A CT preset name or 'CENTER,WIDTH'."""
-    if "," not in value:
-        if value not in CT_PRESETS:
-            raise argparse.ArgumentTypeError(f"unknown preset {value!r}; use {', '.join(CT_PRESETS)} or CENTER,WIDTH")
-        return value
-    try:
-        center, width = (float(v) for v in value.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a preset name or CENTER,WIDTH, got {value!r}") from None
-    return center, width
-
-
-def output_names(inputs: list[str]) -> list[str]:
-    """A distinct PNG name per input: its stem, or for stems several inputs share, its path joined by "_".
-
-    >>> output_names(["a/x.dcm", "b/x.dcm", "c/y.dcm"])
-    ['a_x.png', 'b_x.png', 'y.png']
-    """
-    stems = Counter(Path(name).stem for name in inputs)
-    names = []
-    for name in inputs:
-        path = Path(name)
-        if stems[path.stem] == 1:
-            names.append(f"{path.stem}.png")
-        else:
-            parts = Path(os.path.relpath(path.resolve(), Path(os.path.commonpath([Path(n).resolve() for n in inputs]))))
-            names.append("_".join([*parts.parent.parts, path.stem]) + ".png")
-    if len(set(names)) != len(names):
-        raise ConfigError("the same DICOM file is given twice")
-    return names
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``medverl dicom``'s arguments."""
-    from medverl.data.files import DEFAULT_MAX_IMAGE_BYTES
-    from medverl.data.images import DEFAULT_PIXEL_LIMIT
-
-    parser.add_argument("inputs", nargs="+", help=".dcm files")
-    parser.add_argument("--output", required=True, help="directory for NAME.png and NAME.json (files of the same "
-                        "name in different directories keep their directory in NAME: a_x.png, b_x.png)")
-    parser.add_argument("--preset", type=_parse_preset, default=None,
-                        help=f"window: {', '.join(CT_PRESETS)} or CENTER,WIDTH (write --preset=-600,1500 for a "
-                        "negative center); default: the file's own window, else a fallback")
-    parser.add_argument("--pixel-limit", type=positive_int, default=DEFAULT_PIXEL_LIMIT,
-                        help="reject larger images (rows x columns x frames x samples, from the header)")
-    parser.add_argument("--max-image-bytes", type=positive_int, default=DEFAULT_MAX_IMAGE_BYTES,
-                        help="reject larger files unread")
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """Run ``medverl dicom``: exit status 1 when no file converts."""
-    from tqdm import tqdm
-
-    from medverl.data.files import FileRefused, read_file
-    from medverl.data.images import ImageError, decode_image
-
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    converted = 0
-    names = output_names(args.inputs)
-    for name, png in zip(tqdm(args.inputs, desc="converting", unit=" files", disable=None, file=sys.stderr), names,
-                         strict=True):
-        try:
-            image = decode_image(read_file(name, args.max_image_bytes), name, args.pixel_limit, args.preset)
-        except (ImageError, FileRefused) as exc:
-            print(exc if name in str(exc) else f"{name}: {exc}", file=sys.stderr)
-            continue
-        target = out_dir / png
-        target.write_bytes(image.data)
-        sidecar = {"source": name, "width": image.width, "height": image.height, **image.metadata}
-        target.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
-        print(f"{name} -> {target} ({image.width}x{image.height}, window {image.metadata.get('window', '-')})")
-        converted += 1
-    print(f"{converted} of {len(args.inputs)} file(s) converted -> {out_dir}")
-    return EXIT_OK if converted else EXIT_NOTHING_USABLE

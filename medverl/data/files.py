@@ -9,11 +9,14 @@ checked on the open descriptor before a byte is read; reads never go past the li
 
 from __future__ import annotations
 
+import argparse
 import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from medverl.arguments import directory, positive_int
 
 # Larger image files are rejected before they are read: the largest uncompressed scan of the default pixel limit.
 DEFAULT_MAX_IMAGE_BYTES = 256 << 20
@@ -123,3 +126,12 @@ def read_confined(reference: str, roots: tuple[Path, ...], max_bytes: int = DEFA
     """The bytes and real path of the file a record names, under the confinement rule (see the module)."""
     path = confined_path(reference, roots)
     return read_file(path, max_bytes, roots), str(path)
+
+
+def add_image_arguments(parser: argparse._ActionsContainer) -> None:
+    """``--image-root`` and ``--max-image-bytes``: where a record's image files may be read from, and how large."""
+    parser.add_argument("--image-root", action="append", default=[], metavar="DIR", type=directory,
+                        help="directory image paths must lie in (after symlinks); relative paths are taken from it; "
+                        "repeatable. Without it no image file is read (inline base64 still is)")
+    parser.add_argument("--max-image-bytes", type=positive_int, default=DEFAULT_MAX_IMAGE_BYTES,
+                        help="image files and inline images larger than this are rejected unread")

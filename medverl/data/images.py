@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import re
 import warnings
@@ -272,24 +273,9 @@ def _to_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def image_type(data: bytes) -> str:
-    """The MIME subtype of image bytes by their signature (``png`` when none is known).
-
-    >>> image_type(b"RIFF\\x00\\x00\\x00\\x00WEBPVP8 ")
-    'webp'
-    """
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return next((kind for signature, kind in _MIME_SIGNATURES if data.startswith(signature)), "png")
-
-
-def data_uri(data: bytes) -> str:
-    """Image bytes as a ``data:`` URI (what OpenAI-compatible chat endpoints take), typed by their signature."""
-    return f"data:image/{image_type(data)};base64,{base64.b64encode(data).decode()}"
-
-
-_MIME_SIGNATURES = ((b"\x89PNG", "png"), (b"\xff\xd8\xff", "jpeg"), (b"GIF8", "gif"), (b"BM", "bmp"),
-                    (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"))
+def image_digest(data: bytes) -> str:
+    """The SHA-256 of an image's bytes, in hex: what tells one image from another across rows, jobs and sets."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def _is_dicom(data: bytes, path: str) -> bool:

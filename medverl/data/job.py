@@ -1,7 +1,7 @@
 """The one job model: every command that turns records into output runs on it.
 
 A job writes one directory: ``part-NNNNN.parquet`` shards (or one JSONL output), ``rejects.jsonl`` (one
-:class:`Rejected` line per record not written, with its reason) and ``manifest.json``. Input is consumed in windows;
+:class:`Reject` line per record not written, with its reason) and ``manifest.json``. Input is consumed in windows;
 after each window the shards it wrote are renamed into place (temporary name, then rename), the appended files are
 flushed and the manifest is rewritten atomically, recording each appended file's length. An interrupted job resumes
 (``resume=True``) at its last finished window: shards and appended lines written after it are discarded. The
@@ -17,7 +17,6 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TypeVar
 
@@ -44,19 +43,27 @@ class JobError(ConfigError):
     """A job directory that cannot take this job: another job's output, or changed inputs or options."""
 
 
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """A record that was not written: where it was (`index` in its input, `source` ``file:line``), why, and its
-    first characters."""
+class Reject(Exception):
+    """A record that is not written: why (`code` groups rejects in the manifest, `reason` tells the fix) and, once
+    the job places it, where (`index` in its input, `source` ``file:line``) with its first characters.
 
-    index: int
-    source: str
-    code: str
-    reason: str
-    excerpt: str
+    A converter returns one or raises one; :meth:`Job.reject` records it.
+    """
+
+    def __init__(self, code: str, reason: str, index: int | None = None, source: str = "", excerpt: str = "") -> None:
+        super().__init__(code, reason, index, source, excerpt)  # every field, so that a Reject pickles
+        self.code, self.reason, self.index, self.source, self.excerpt = code, reason, index, source, excerpt
+
+    def __str__(self) -> str:
+        return self.reason
+
+    def __repr__(self) -> str:
+        return f"Reject({self.code!r}, {self.reason!r})"
 
     def json_line(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False) + "\n"
+        fields = {"index": self.index, "source": self.source, "code": self.code, "reason": self.reason,
+                  "excerpt": self.excerpt}
+        return json.dumps(fields, ensure_ascii=False) + "\n"
 
 
 def excerpt(value: object) -> str:
@@ -205,7 +212,10 @@ class Job:
         if self.directory is not None:
             self._files[name].write(line + "\n")
 
-    def reject(self, rejected: Rejected) -> None:
+    def reject(self, rejected: Reject) -> None:
+        """Count and record a reject, placed in its input (``index`` set)."""
+        if rejected.index is None:
+            raise ValueError(f"a reject needs the record's place in its input: {rejected!r}")
         self.rejected += 1
         self.rejected_by_reason[rejected.code] += 1
         if self.directory is not None:

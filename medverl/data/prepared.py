@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,15 +13,15 @@ import pyarrow.parquet as pq
 from medverl.data.job import MANIFEST, REJECTS
 from medverl.data.schemas import SCHEMA_VERSION
 from medverl.errors import ConfigError
-from medverl.rewards import RewardOptions
-
-# What makes each kind of directory, for error messages.
-MADE_BY = {"rl": "medverl prep rl", "sft": "medverl prep sft", "cpt": "medverl prep caption|interleaved",
-           "qc_scores": "medverl qc score"}
 
 
 class PreparedError(ConfigError):
-    """A directory that is not the complete job output a command needs."""
+    """A directory that is not the complete job output a command needs; `kinds` are the kinds of data it needs
+    (the command line says which commands make them)."""
+
+    def __init__(self, message: str, kinds: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.kinds = tuple(kinds)
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,14 @@ class Prepared:
         for _, batch in self.batches(columns):
             yield from batch
 
+    def tables(self, columns: Sequence[str] | None = None) -> Iterator[tuple[Path, pa.Table]]:
+        """``(shard, table)`` for each shard in order (only `columns`, when given)."""
+        for shard in self.shards:
+            yield shard, pq.read_table(shard, columns=columns)
+
     def table(self, columns: Sequence[str] | None = None) -> pa.Table:
         """Every shard as one table."""
-        return pa.concat_tables([pq.read_table(shard, columns=columns) for shard in self.shards])
+        return pa.concat_tables([table for _, table in self.tables(columns)])
 
 
 def open_prepared(directory: str | Path, kinds: Sequence[str] | None = None, *, complete: bool = True) -> Prepared:
@@ -86,21 +91,21 @@ def open_prepared(directory: str | Path, kinds: Sequence[str] | None = None, *, 
         complete: refuse a job that did not finish.
     """
     directory = Path(directory)
-    expected = " or ".join(f"{kind} ({MADE_BY.get(kind, kind)})" for kind in kinds or ())
+    expected = " or ".join(f"{kind} data" for kind in kinds or ())
     if not directory.is_dir():
         raise PreparedError(f"{directory}: no such directory; expected the output directory of a job"
-                            + (f" making {expected}" if expected else ""))
+                            + (f" making {expected}" if expected else ""), kinds or ())
     path = directory / MANIFEST
     if not path.is_file():
         raise PreparedError(f"{directory} has no {MANIFEST}: it is not a medverl job's output"
-                            + (f"; expected {expected}" if expected else ""))
+                            + (f"; expected {expected}" if expected else ""), kinds or ())
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         kind, version, shards = manifest["kind"], manifest["schema_version"], manifest["shards"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise PreparedError(f"{path} is not a medverl manifest ({exc})") from None
     if kinds is not None and kind not in kinds:
-        raise PreparedError(f"{directory} holds {kind} data ({MADE_BY.get(kind, kind)}); this command reads {expected}")
+        raise PreparedError(f"{directory} holds {kind} data; this command reads {expected}", kinds)
     if version != SCHEMA_VERSION:
         raise PreparedError(f"{directory} was written with schema version {version}; this medverl reads version "
                             f"{SCHEMA_VERSION}: prepare it again")
@@ -110,61 +115,3 @@ def open_prepared(directory: str | Path, kinds: Sequence[str] | None = None, *, 
     if missing:
         raise PreparedError(f"{directory}: shard(s) named in its manifest are missing: {', '.join(missing[:5])}")
     return Prepared(directory, manifest)
-
-
-def _unknown_query_types(directory: str | Path, plugins: Sequence[str]) -> list[str]:
-    """Query types of RL data that no reward knows once `plugins` are loaded (what verl's reward workers will load);
-    each problem names the type, a row that has it and the fix. The registry is left as it was."""
-    from medverl.rewards import registry
-
-    prepared = open_prepared(directory, ("rl",), complete=False)
-    first: dict[str, tuple[int, object, object]] = {}
-    for position, row in enumerate(prepared.rows(["data_source", "extra_info"])):
-        extra = row.get("extra_info") or {}
-        first.setdefault(str(extra.get("query_type")), (position, extra.get("index"), row.get("data_source")))
-    snapshot = registry.REGISTRY.snapshot()
-    try:
-        registry.REGISTRY.load_plugins(plugins)
-        problems = []
-        for query_type, (position, index, data_source) in sorted(first.items()):
-            try:
-                registry.REGISTRY.get(query_type)
-            except registry.UnknownQueryType as exc:
-                problems.append(
-                    f"{directory}: row {position} (data_source {data_source}, index {index}) has {exc} The stage's "
-                    f"reward plugins are {list(plugins) or 'none'}: add the module that registers "
-                    f"{query_type!r} to reward.custom_reward_function.reward_kwargs.plugins in the stage's overrides"
-                )
-        return problems
-    except registry.PluginError as exc:
-        return [f"reward_kwargs.plugins: {exc}"]
-    finally:
-        registry.REGISTRY.restore(snapshot)
-
-
-def check_reward_options(directory_or_manifest: str | Path | Mapping, reward_kwargs: Mapping) -> list[str]:
-    """Why RL data cannot be scored with `reward_kwargs` (verl's ``reward_kwargs``); empty when they fit.
-
-    The data's manifest names its prompt template, and each bundled template needs certain reward options
-    (``think_prefilled`` must match); a template of the user's is not checked. Unknown or invalid keys are problems.
-    Given a directory, every row's ``query_type`` must have a reward once the options' ``plugins`` are loaded.
-    """
-    if isinstance(directory_or_manifest, Mapping):
-        manifest, where = directory_or_manifest, "the data"
-    else:
-        manifest, where = open_prepared(directory_or_manifest, ("rl",), complete=False).manifest, str(directory_or_manifest)
-    try:
-        options = RewardOptions.from_kwargs(dict(reward_kwargs))
-    except (TypeError, ValueError) as exc:
-        return [f"reward_kwargs: {exc}"]
-    template = manifest.get("template") or {}
-    needed = template.get("reward_options") or {}
-    problems = [
-        f"{where} was prepared with the {template['name']} prompt template, which is scored with "
-        f"reward_kwargs.{key}={json.dumps(want)}; the reward options have {key}={json.dumps(getattr(options, key))}"
-        for key, want in needed.items()
-        if getattr(options, key) != want
-    ]
-    if not isinstance(directory_or_manifest, Mapping):
-        problems += _unknown_query_types(directory_or_manifest, options.plugins)
-    return problems

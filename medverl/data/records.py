@@ -13,7 +13,7 @@ from typing import IO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medverl.data.job import EXCERPT_CHARS, Rejected, excerpt
+from medverl.data.job import EXCERPT_CHARS, Reject, excerpt
 from medverl.errors import ConfigError
 
 _CHUNK = 1 << 20
@@ -46,9 +46,9 @@ class Record:
     excerpt: str = ""
     code: str = "malformed_json"
 
-    def rejected(self, code: str, reason: str) -> Rejected:
+    def rejected(self, code: str, reason: str) -> Reject:
         """This record as a reject line."""
-        return Rejected(self.position, self.source, code, reason, self.excerpt or excerpt(self.data))
+        return Reject(code, reason, self.position, self.source, self.excerpt or excerpt(self.data))
 
 
 class InputError(ConfigError, ValueError):
@@ -265,7 +265,7 @@ def _parquet_file(path: Path) -> pq.ParquetFile:
         raise InputError(f"{path}: not a readable parquet file: {exc}") from None
 
 
-def json_object(record: Record, required: Sequence[str] = ()) -> dict | Rejected:
+def json_object(record: Record, required: Sequence[str] = ()) -> dict | Reject:
     """The record's JSON object, or the reject saying why it is not an object with the `required` fields."""
     if record.error:
         return record.rejected(record.code, record.error)

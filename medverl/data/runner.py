@@ -17,6 +17,7 @@ import ctypes
 import ctypes.util
 import dataclasses
 import hashlib
+import importlib
 import itertools
 import json
 import logging
@@ -36,13 +37,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medverl.arguments import add_image_arguments, add_plugins, positive_int, print_job
-from medverl.data.converters import CONVERTERS, PrepOptions, Reject
-from medverl.data.images import CHECK_LEVELS
-from medverl.data.job import Job, JobError, Rejected, fingerprint_inputs, windows
+from medverl.arguments import positive_int, print_job
+from medverl.data.converters import CONVERTERS, PrepOptions
+from medverl.data.files import add_image_arguments
+from medverl.data.images import CHECK_LEVELS, image_digest
+from medverl.data.job import Job, JobError, Reject, fingerprint_inputs, windows
 from medverl.data.records import Record, count_records, iter_records
 from medverl.data.schemas import schema_for
-from medverl.prompts import TEMPLATES, load_template, template_record
+from medverl.prompts import DEFAULT_TEMPLATE, TEMPLATES, load_template, template_record
+from medverl.rewards.options import add_plugins
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ class PrepJob:
     """One conversion job.
 
     Attributes:
-        kind: input kind, one of ``CONVERTERS`` (rl, sft, caption, interleaved).
+        kind: the record format, a name in ``CONVERTERS`` (rl, sft, caption, interleaved, a plugin's).
         inputs: input files, read in this order.
         output: the output directory.
         options: what the converters share.
@@ -77,7 +80,7 @@ class PrepJob:
 
     def __post_init__(self) -> None:
         if self.kind not in CONVERTERS:
-            raise ValueError(f"unknown kind {self.kind!r}; known: {', '.join(CONVERTERS)}")
+            raise ValueError(CONVERTERS.unknown_message(self.kind))
         if self.rows_per_shard < 1 or self.max_shard_bytes < 1:
             raise ValueError("rows_per_shard and max_shard_bytes must be positive")
 
@@ -109,7 +112,7 @@ class _Done:
     number: int
     read: int
     files: list[tuple[str, int]]
-    rejects: list[Rejected]
+    rejects: list[Reject]
     digests: list[str] = field(default_factory=list)
 
 
@@ -117,9 +120,8 @@ def _convert(task: tuple[str, Record, int, PrepOptions]) -> dict | Reject:
     kind, record, index, options = task
     if record.error:
         return Reject(record.code, record.error)
-    converter, _ = CONVERTERS[kind]
     try:
-        return converter(record.data, index, record.source, options)
+        return CONVERTERS.get(kind)(record.data, index, record.source, options)
     except Exception as exc:  # a record no check foresaw must cost that record, not the job
         logger.warning("%s: unexpected converter error %r", record.source, exc)
         return Reject("internal_error", f"{type(exc).__name__}: {exc} (a bug: please report it with this record)")
@@ -222,7 +224,7 @@ class _ShardWriter:
 
 def _finish_window(job: PrepJob, window: _Window, results: Iterable[dict | Reject]) -> _Done:
     """Write a window's rows, as `results` yields them, under temporary names and collect its rejects."""
-    _, parquet_kind = CONVERTERS[job.kind]
+    parquet_kind = CONVERTERS.get(job.kind).writes
     writer = _ShardWriter(job.output, window.number, schema_for(parquet_kind, job.options.resolution_keys),
                           job.max_shard_bytes)
     rejects, digests = [], []
@@ -243,7 +245,7 @@ def row_digest(row: dict) -> str:
     text = {k: v for k, v in row.items() if k not in ("images", "extra_info")}
     digest.update(json.dumps([text, extra], sort_keys=True, ensure_ascii=False, default=str).encode())
     for image in row.get("images", ()):
-        digest.update(hashlib.sha256(image["bytes"]).digest())
+        digest.update(bytes.fromhex(image_digest(image["bytes"])))
     return digest.hexdigest()[:16]
 
 
@@ -260,8 +262,9 @@ def _process_window(job: PrepJob, window: _Window, tick: Callable[[], None]) -> 
 _WORKER: tuple[PrepJob, Synchronized] | None = None
 
 
-def _init_worker(job: PrepJob, converted: Synchronized, parent: int) -> None:
+def _init_worker(job: PrepJob, converted: Synchronized, parent: int, converter_module: str) -> None:
     global _WORKER
+    importlib.import_module(converter_module)  # its decorator registers the format (entry points load by themselves)
     _WORKER = (job, converted)
     die_with_parent(parent)
 
@@ -318,7 +321,7 @@ def run_prep(
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
-    _, parquet_kind = CONVERTERS[job.kind]
+    parquet_kind = CONVERTERS.get(job.kind).writes
     info = {**(info or {}), **({"template": template_record(job.options.template)} if parquet_kind == "rl" else {})}
     with Job(job.output, parquet_kind, job.fingerprint(), resume=resume, info=info, appended=(DIGESTS,)) as out:
         if out.complete:
@@ -361,7 +364,7 @@ def _run(job: PrepJob, out: Job, workers: int, engine: str, progress: bool) -> d
         else:
             converted = multiprocessing.get_context("spawn").Value("q", 0)
             pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _init_worker,
-                                       (job, converted, os.getpid()))
+                                       (job, converted, os.getpid(), CONVERTERS.get(job.kind).__module__))
             # At most two windows per worker in flight, so memory does not grow with the input.
             in_flight: collections.deque[Future] = collections.deque()
             reported = 0
@@ -398,7 +401,8 @@ def _run(job: PrepJob, out: Job, workers: int, engine: str, progress: bool) -> d
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``medverl prep``'s arguments."""
     defaults = {f.name: f.default for f in dataclasses.fields(PrepOptions)}
-    parser.add_argument("kind", choices=list(CONVERTERS), help="the input records' kind")
+    parser.add_argument("kind", choices=CONVERTERS.names(), help="the input records' format (a plugin's too: "
+                        "entry-point group 'medverl.converters')")
     parser.add_argument("inputs", nargs="+", help=".jsonl, .json (an array) or .parquet files")
     parser.add_argument("--output", required=True, help="output directory (part-NNNNN.parquet, rejects.jsonl, "
                         "manifest.json)")
@@ -421,9 +425,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-source", help="data_source for records without one (default: the first input's name)")
     parser.add_argument("--split", default=defaults["split"], help="extra_info.split for RL records without one")
     parser.add_argument("--query-type", help="query_type for RL records without one")
-    parser.add_argument("--template", default=TEMPLATES[0],
-                        help=f"RL prompt template: {', '.join(TEMPLATES)}, or a file with {{question}} {{options}} "
-                        "{answer_hint}")
+    parser.add_argument("--model-family", help="the model family the RL data is for (qwen2.5-vl, qwen3-vl, ...): "
+                        "completes bbox_iou rows' meta with its box_format and, for pixel boxes, the image_size it "
+                        "resizes the image to")
+    parser.add_argument("--template", default=DEFAULT_TEMPLATE,
+                        help=f"RL prompt template: {', '.join(TEMPLATES.names())}, or a file with {{question}} "
+                        "{options} {answer_hint}")
     add_plugins(parser)
 
 
@@ -441,6 +448,7 @@ def run_command(args: argparse.Namespace) -> int:
         query_type=args.query_type,
         template=load_template(args.template),
         plugins=tuple(args.plugins),
+        model_family=args.model_family,
     )
     for path in args.inputs:
         iter_records(path)  # a missing or unknown input is a usage error before anything runs

@@ -42,13 +42,14 @@ import pyarrow as pa
 
 SCHEMA_VERSION = 2
 KINDS = ("rl", "sft", "cpt")
+IMAGE_PLACEHOLDER = "<image>"  # where an image goes in RL prompt and SFT message text
 RESOLUTION_KEYS = ("max_pixels", "min_pixels")
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 SEGMENT = pa.struct([("type", pa.string()), ("text", pa.string())])
 
 
-def image_type(resolution_keys: tuple[str, ...] = ()) -> pa.StructType:
+def image_struct_type(resolution_keys: tuple[str, ...] = ()) -> pa.StructType:
     """``{bytes, path}`` plus the resolution keys a job sets (each must then be set on every image)."""
     unknown = set(resolution_keys) - set(RESOLUTION_KEYS)
     if unknown:
@@ -80,7 +81,7 @@ def rl_schema(resolution_keys: tuple[str, ...] = ()) -> pa.Schema:
         [
             pa.field("data_source", pa.string(), nullable=False),
             pa.field("prompt", pa.list_(MESSAGE), nullable=False),
-            pa.field("images", pa.list_(image_type(resolution_keys)), nullable=False),
+            pa.field("images", pa.list_(image_struct_type(resolution_keys)), nullable=False),
             pa.field("ability", pa.string(), nullable=False),
             pa.field(
                 "reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())]), nullable=False
@@ -96,7 +97,7 @@ def sft_schema(resolution_keys: tuple[str, ...] = ()) -> pa.Schema:
     return pa.schema(
         [
             pa.field("messages", pa.list_(MESSAGE), nullable=False),
-            pa.field("images", pa.list_(image_type(resolution_keys)), nullable=False),
+            pa.field("images", pa.list_(image_struct_type(resolution_keys)), nullable=False),
             pa.field("extra_info", pa.struct(_provenance()), nullable=False),
         ],
         metadata={"medverl.kind": "sft", "medverl.schema_version": str(SCHEMA_VERSION)},
@@ -110,7 +111,7 @@ def cpt_schema(resolution_keys: tuple[str, ...] = ()) -> pa.Schema:
             pa.field("data_source", pa.string(), nullable=False),
             pa.field("kind", pa.string(), nullable=False),
             pa.field("segments", pa.list_(SEGMENT), nullable=False),
-            pa.field("images", pa.list_(image_type(resolution_keys)), nullable=False),
+            pa.field("images", pa.list_(image_struct_type(resolution_keys)), nullable=False),
             pa.field("extra_info", pa.struct(_provenance()), nullable=False),
         ],
         metadata={"medverl.kind": "cpt", "medverl.schema_version": str(SCHEMA_VERSION)},

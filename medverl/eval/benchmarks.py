@@ -6,6 +6,11 @@ Each reader yields one record per question, in the distribution's order: ``quest
 language, question type, modality, and MedEvalKit's own view of the question under ``medevalkit``, which
 ``eval score --compat medevalkit`` scores by). Bad rows are not dropped here: the RL converter rejects them with
 a reason. Each reader reads the files MedEvalKit's loader for that benchmark reads (cited per reader).
+
+Readers are the entries of :data:`READERS`; a package adds a benchmark (a private test set, say) with
+``@READERS.register(name)`` on a reader ``read(source: Path, options: ReadOptions) -> Iterator[dict]``, in a
+module named by an entry point of group ``medverl.benchmarks`` (or naming the reader itself), and
+``medverl eval prepare NAME`` reads it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from medverl.data.schemas import IMAGE_PLACEHOLDER
+from medverl.registry import Registry
 from medverl.rewards.choice import LETTERS
 
 YES_NO = {"yes", "no", "是", "否"}
@@ -55,6 +62,14 @@ class ReadOptions:
     split: str = "validation"
 
 
+Reader = Callable[[Path, ReadOptions], Iterator[dict]]
+READERS: Registry[Reader] = Registry(
+    "benchmark", "medverl.benchmarks",
+    how="Add one with @medverl.eval.benchmarks.READERS.register(name) on a reader, or an entry point of group "
+        "'medverl.benchmarks'.",
+)
+
+
 def _record(
     benchmark: str, question: str, answer: object, query_type: str, images: list, options: list | None = None,
     **meta: object,
@@ -84,6 +99,7 @@ def _parquet_rows(source: Path, pattern: str) -> Iterator[dict]:
             yield from batch.to_pylist()
 
 
+@READERS.register("vqa_rad")
 def read_vqa_rad(source: Path, options: ReadOptions = ReadOptions(), benchmark: str = "vqa_rad") -> Iterator[dict]:
     """HF ``flaviagiammarino/vqa-rad``: ``data/test-*.parquet`` with image {bytes, path}, question, answer
     (MedEvalKit utils/VQA_RAD/VQA_RAD.py ``load_data``: ``load_dataset(path, split="test")``)."""
@@ -95,11 +111,13 @@ def read_vqa_rad(source: Path, options: ReadOptions = ReadOptions(), benchmark: 
                       medevalkit={"flow": "vqa", "answer": answer})
 
 
+@READERS.register("path_vqa")
 def read_path_vqa(source: Path, options: ReadOptions = ReadOptions()) -> Iterator[dict]:
     """HF ``flaviagiammarino/path-vqa``: the same layout as VQA-RAD (utils/PATH_VQA/PATH_VQA.py)."""
     return read_vqa_rad(source, options, "path_vqa")
 
 
+@READERS.register("slake")
 def read_slake(source: Path, options: ReadOptions = ReadOptions()) -> Iterator[dict]:
     """HF ``BoKelvin/SLAKE``: ``test.json`` (English and Chinese, both kept as MedEvalKit keeps them) and
     ``imgs/`` from imgs.zip (utils/SLAKE/SLAKE.py ``load_data``)."""
@@ -127,6 +145,7 @@ def _first_existing(source: Path, names: tuple[str, ...], what: str) -> Path:
     raise FileNotFoundError(f"no {what} ({' or '.join(names)}) under {source}")
 
 
+@READERS.register("pmc_vqa")
 def read_pmc_vqa(source: Path, options: ReadOptions = ReadOptions()) -> Iterator[dict]:
     """HF ``RadGenome/PMC-VQA``: ``test_2.csv`` (index, Figure_path, Caption, Question, Choice A-D as
     " B: text ", Answer the letter, split), or the v1 ``test.csv`` (Answer the text, Answer_label the letter);
@@ -151,6 +170,7 @@ def read_pmc_vqa(source: Path, options: ReadOptions = ReadOptions()) -> Iterator
                                       "choices": raw})
 
 
+@READERS.register("omnimedvqa")
 def read_omnimedvqa(source: Path, options: ReadOptions = ReadOptions()) -> Iterator[dict]:
     """HF ``foreverbeliever/OmniMedVQA``: ``QA_information/Open-access/*.json`` (gt_answer is the option TEXT),
     images by ``image_path`` relative to the root (utils/OmniMedVQA/OmniMedVQA.py ``load_data``). The
@@ -192,14 +212,15 @@ def _mmmu_images(question: str, options: list[str]) -> tuple[list[int], str, lis
     """
     if not any(_MMMU_IMAGE.search(o) for o in options):
         order = [int(n) for n in _MMMU_IMAGE.findall(question)]
-        return order, _MMMU_IMAGE.sub("<image>", question), options
+        return order, _MMMU_IMAGE.sub(IMAGE_PLACEHOLDER, question), options
     order = sorted({int(n) for text in (question, *options) for n in _MMMU_IMAGE.findall(text)})
     def name(text: str) -> str:
         return _MMMU_IMAGE.sub(lambda m: f"Image {m.group(1)}", text)
-    header = "".join(f"Image {n}: <image>\n" for n in order)
+    header = "".join(f"Image {n}: {IMAGE_PLACEHOLDER}\n" for n in order)
     return order, header + name(question), [name(o) for o in options]
 
 
+@READERS.register("mmmu_hm")
 def read_mmmu_hm(source: Path, options: ReadOptions = ReadOptions()) -> Iterator[dict]:
     """HF ``MMMU/MMMU``, the five Health & Medicine subjects: ``SUBJECT/{split}-*.parquet`` (options is the
     string of a Python list, images in image_1..image_7, referenced as <image N>), subjects in MedEvalKit's order
@@ -217,8 +238,8 @@ def read_mmmu_hm(source: Path, options: ReadOptions = ReadOptions()) -> Iterator
             if not order:
                 order = [n for n in range(1, 8) if row.get(f"image_{n}")]
             images = [_image_bytes(row.get(f"image_{n}")) for n in order]
-            if "<image>" not in question:
-                question = "<image>" * len(images) + question
+            if IMAGE_PLACEHOLDER not in question:
+                question = IMAGE_PLACEHOLDER * len(images) + question
             multiple = str(row.get("question_type")) == "multiple-choice"
             answer = str(row.get("answer") or "")
             yield _record("mmmu_hm", question, answer, "multiple_choice" if multiple else "exact_match",
@@ -232,6 +253,7 @@ def read_mmmu_hm(source: Path, options: ReadOptions = ReadOptions()) -> Iterator
 _ANSWER_CHOICES = re.compile(r"\s*Answer Choices:.*\Z", re.DOTALL)
 
 
+@READERS.register("medxpertqa_mm")
 def read_medxpertqa_mm(source: Path, options: ReadOptions = ReadOptions()) -> Iterator[dict]:
     """HF ``TsinghuaC3I/MedXpertQA`` config MM: ``MM/test.jsonl`` (options {A..E}, label letter) and
     ``images/`` (utils/MedXpertQA/MedXpertQA.py ``load_data`` and ``construct_messages``)."""
@@ -249,13 +271,3 @@ def read_medxpertqa_mm(source: Path, options: ReadOptions = ReadOptions()) -> It
                           medevalkit={"flow": "multi_choice_tagged", "answer": row.get("label"),
                                       "choices": [f"{k}. {t}" for k, t in choices.items()]})
 
-
-READERS: dict[str, Callable[[Path, ReadOptions], Iterator[dict]]] = {
-    "mmmu_hm": read_mmmu_hm,
-    "vqa_rad": read_vqa_rad,
-    "slake": read_slake,
-    "path_vqa": read_path_vqa,
-    "pmc_vqa": read_pmc_vqa,
-    "omnimedvqa": read_omnimedvqa,
-    "medxpertqa_mm": read_medxpertqa_mm,
-}

@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from medverl.arguments import EXIT_OK, print_job
-from medverl.data.job import Job, Rejected, excerpt
+from medverl.data.images import image_digest
+from medverl.data.job import Job, Reject, excerpt
 from medverl.data.prepared import open_prepared
-from medverl.data.schemas import KINDS
+from medverl.data.schemas import IMAGE_PLACEHOLDER, KINDS
 from medverl.errors import ConfigError
 from medverl.rewards import normalize
-
-_PLACEHOLDER = re.compile(r"<image>")
 
 
 def question_key(text: str) -> str:
     """A question as compared across sets: placeholders removed, :func:`normalize`-d."""
-    return normalize(_PLACEHOLDER.sub(" ", text))
+    return normalize(text.replace(IMAGE_PLACEHOLDER, " "))
 
 
 def _row_questions(row: dict) -> list[str]:
@@ -34,7 +29,7 @@ def _row_questions(row: dict) -> list[str]:
 
 
 def _row_images(row: dict) -> list[str]:
-    return [hashlib.sha256(image["bytes"]).hexdigest() for image in row.get("images") or [] if image.get("bytes")]
+    return [image_digest(image["bytes"]) for image in row.get("images") or [] if image.get("bytes")]
 
 
 @dataclass
@@ -77,8 +72,7 @@ def decontaminate(
     spec = {**train.manifest["job"], "decontaminated": {"train": str(train_dir), "against": [str(a) for a in against]}}
     info = {"template": train.template} if train.template else {}
     with Job(output, train.kind, spec, info=info) as job:
-        for shard in train.shards:
-            table = pq.read_table(shard)
+        for shard, table in train.tables():
             keep = []
             for position, row in enumerate(table.to_pylist()):
                 reasons = [f"contaminated_image: its image is in {images[d]}" for d in _row_images(row) if d in images]
@@ -89,8 +83,8 @@ def decontaminate(
                 keep.append(not reasons)
                 if reasons:
                     result.matches[(shard.name, index)] = reasons
-                    job.reject(Rejected(index, extra_info.get("source", ""), reasons[0].split(":", 1)[0],
-                                        "; ".join(reasons), excerpt(" ".join(_row_questions(row)))))
+                    job.reject(Reject(reasons[0].split(":", 1)[0], "; ".join(reasons), index,
+                                      extra_info.get("source", ""), excerpt(" ".join(_row_questions(row)))))
             kept = table.filter(keep)
             if kept.num_rows:
                 job.write_table(kept)

@@ -2,8 +2,10 @@
 
 MedEvalKit's judge mode asks an LLM whether an open answer means the reference answer; this asks any
 OpenAI-compatible endpoint the same question with the prompt in ``medverl/prompts/answer_judge_v1.txt``, through
-the QC judge's client (bounded concurrency, retries with backoff, a cache keyed by content, prompt version and
-model). A call that still fails is a judge failure, reported apart from wrong answers and never a verdict.
+:mod:`medverl.http`'s judge (bounded concurrency, retries with backoff, a cache keyed by content, prompt version and
+model). The judge is shown the answer the reward reads (:func:`medverl.rewards.extract_answer`); an answer the
+reward cannot read keeps its score 0 and is not asked about. A call that still fails is a judge failure, reported
+apart from wrong answers and never a verdict.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from medverl.qc.judge import Judge, JudgeConfig, JudgeReplyError, VerdictCache, reply_object
-from medverl.rewards import answer_region
+from medverl.http import Judge, JudgeConfig, JudgeReplyError, reply_object
+from medverl.prompts import read_prompt
+from medverl.rewards import RewardOptions, extract_answer
 
 ANSWER_PROMPT = "answer_judge_v1"
 JUDGED_TYPES = ("open",)  # the answer types the judge decides; closed answers keep their rule
@@ -33,24 +36,14 @@ def parse_answer_verdict(content: object) -> dict:
     return {"correct": verdict["correct"], "rationale": rationale if isinstance(rationale, str) else str(rationale)}
 
 
-class AnswerJudge(Judge):
-    """The QC judge's client with the answer prompt and verdicts."""
-
-    parse = staticmethod(parse_answer_verdict)
-
-    def __init__(self, config: JudgeConfig, cache_path: str | Path) -> None:
-        super().__init__(replace(config, rubric_version=ANSWER_PROMPT),
-                         VerdictCache(cache_path, parse=parse_answer_verdict))
+def answer_judge(config: JudgeConfig, cache_path: str | Path) -> Judge:
+    """The judge that decides whether an open answer means the reference answer."""
+    return Judge(config, read_prompt(ANSWER_PROMPT), ANSWER_PROMPT, parse_answer_verdict, cache_path)
 
 
-def judged_answer(response: str) -> str:
-    """What the judge is shown of a response: the ``<answer>`` content as written (case kept), else the text
-    after the reasoning."""
-    region = answer_region(response)
-    start, end = region.find("<answer>"), region.rfind("</answer>")
-    if start != -1 and end > start:
-        region = region[start + len("<answer>"):end]
-    return region.strip()
+def judged_answer(response: str, options: RewardOptions) -> str | None:
+    """What the judge is shown of a response: the answer the reward reads with `options`, or None."""
+    return extract_answer(response, options).answer
 
 
 def question_text(question: str, reference: str, answer: str) -> str:
@@ -58,17 +51,18 @@ def question_text(question: str, reference: str, answer: str) -> str:
     return f"Question: {question}\nReference answer: {reference}\nModel's answer: {answer}"
 
 
-def judge_open_answers(judge: AnswerJudge, samples: list, rows: dict, responses: dict) -> list:
-    """`samples` with every open answer that has a prediction decided by the judge: ``acc`` 1 or 0 and ``judge``
-    "correct"/"wrong", or ``judge`` "failed" (``acc`` 0, the error in ``reason``) when the call failed."""
-    todo = [i for i, s in enumerate(samples) if s.answer_type in JUDGED_TYPES and s.reason != "no prediction"]
+def judge_open_answers(judge: Judge, samples: list, rows: dict, responses: dict, options: RewardOptions) -> list:
+    """`samples` with every open answer the reward reads under `options` decided by the judge: ``acc`` 1 or 0 and
+    ``judge`` "correct"/"wrong", or ``judge`` "failed" (``acc`` 0, the error in ``reason``) when the call failed."""
+    answers = {i: judged_answer(responses[(s.data_source, s.index)], options) for i, s in enumerate(samples)
+               if s.answer_type in JUDGED_TYPES and (s.data_source, s.index) in responses}
+    todo = [i for i, answer in answers.items() if answer is not None]
 
     def ask(i: int) -> tuple[int, object]:
         s = samples[i]
         info = rows[(s.data_source, s.index)]["extra_info"]
-        answer = judged_answer(responses[(s.data_source, s.index)])
         reference = rows[(s.data_source, s.index)]["reward_model"]["ground_truth"]
-        return i, judge.score(question_text(str(info.get("question") or ""), str(reference), answer), [])
+        return i, judge.score(question_text(str(info.get("question") or ""), str(reference), answers[i]))
 
     out = list(samples)
     with ThreadPoolExecutor(max_workers=judge.config.concurrency) as pool:

@@ -11,12 +11,12 @@ from medverl.data.converters import PrepOptions
 from medverl.data.runner import PrepJob, run_prep
 from medverl.errors import ConfigError
 from medverl.eval.benchmarks import MMMU_SPLITS, READERS, ReadOptions
-from medverl.prompts import TEMPLATES, load_template
+from medverl.prompts import DEFAULT_TEMPLATE, TEMPLATES, load_template
 
 
 def prepare(
     benchmark: str, source: str | Path, output: str | Path, *, max_pixels: int | None = None,
-    template: str = TEMPLATES[0], workers: int = 1, resume: bool = False, progress: bool = True,
+    template: str = DEFAULT_TEMPLATE, workers: int = 1, resume: bool = False, progress: bool = True,
     read: ReadOptions = ReadOptions(),
 ) -> dict:
     """Convert `benchmark` from `source` into RL shards in `output`; returns the manifest.
@@ -26,13 +26,13 @@ def prepare(
     ``OUTPUT/BENCHMARK.jsonl`` (removed once the job completes), the job's input.
     """
     if benchmark not in READERS:
-        raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(READERS)}")
+        raise ValueError(READERS.unknown_message(benchmark))
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     records = output / f"{benchmark}.jsonl"
     try:
         with records.open("w", encoding="utf-8") as f:
-            for record in READERS[benchmark](Path(source), read):
+            for record in READERS.get(benchmark)(Path(source), read):
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
     except FileNotFoundError as exc:
         records.unlink()
@@ -49,12 +49,13 @@ def prepare(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``medverl eval prepare``'s arguments."""
-    parser.add_argument("benchmark", choices=list(READERS), help="the benchmark to prepare")
+    parser.add_argument("benchmark", choices=READERS.names(), help="the benchmark to prepare (a plugin's too: "
+                        "entry-point group 'medverl.benchmarks')")
     parser.add_argument("--source", required=True, help="the downloaded distribution's directory")
     parser.add_argument("--output", required=True, help="output directory (a prepared RL directory)")
     parser.add_argument("--max-pixels", type=positive_int, help="written into every image dict (as in training)")
-    parser.add_argument("--template", default=TEMPLATES[0], help=f"the prompt template training used: "
-                        f"{', '.join(TEMPLATES)} or a file")
+    parser.add_argument("--template", default=DEFAULT_TEMPLATE, help=f"the prompt template training used: "
+                        f"{', '.join(TEMPLATES.names())} or a file")
     parser.add_argument("--include-restricted", action="store_true", help="omnimedvqa: read the Restricted-access "
                         "part too (its images are not distributed; MedEvalKit reads Open-access only)")
     parser.add_argument("--split", choices=MMMU_SPLITS, default="validation", help="mmmu_hm: the split to read "

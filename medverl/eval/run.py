@@ -32,28 +32,19 @@ from typing import Protocol
 from tqdm import tqdm
 
 from medverl.arguments import EXIT_NOTHING_USABLE, EXIT_OK, positive_int
+from medverl.data.job import Reject
 from medverl.data.prepared import open_prepared
-from medverl.data.schemas import RESOLUTION_KEYS
+from medverl.data.schemas import IMAGE_PLACEHOLDER, RESOLUTION_KEYS
 from medverl.errors import ConfigError
+from medverl.models import family_of_config
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "vllm", "hf")
 DEVICES = ("auto", "cpu", "cuda")
-# the tokens medverl.cpu.rollout suppresses: a random or weak model may sample them, and verl's mRoPE index (and
-# vLLM) cannot take a vision token the prompt did not place
-VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 DEFAULT_BATCH_SIZE = {"vllm": 64, "hf": 8}
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json")
-_PLACEHOLDER = re.compile("(<image>)")
-
-
-class RowRejected(Exception):
-    """A benchmark row that cannot be made into a prompt; ``code`` names the kind of problem."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code, self.reason = code, reason
+_PLACEHOLDER = re.compile(f"({re.escape(IMAGE_PLACEHOLDER)})")
 
 
 @dataclass(frozen=True)
@@ -95,7 +86,7 @@ def row_messages(row: dict) -> list[dict]:
     item in order; a text-only row's messages unchanged.
 
     Raises:
-        RowRejected: an image that does not decode, or placeholders that do not match the images.
+        Reject: an image that does not decode, or placeholders that do not match the images.
     """
     from PIL import Image
 
@@ -110,34 +101,35 @@ def row_messages(row: dict) -> list[dict]:
             continue
         parts = []
         for segment in filter(None, _PLACEHOLDER.split(content)):
-            if segment != "<image>":
+            if segment != IMAGE_PLACEHOLDER:
                 parts.append({"type": "text", "text": segment})
                 continue
             if used >= len(images):
-                raise RowRejected("placeholder_mismatch", f"{_where(row)}: more <image> placeholders than its "
-                                                          f"{len(images)} image(s)")
+                raise Reject("placeholder_mismatch", f"{_where(row)}: more {IMAGE_PLACEHOLDER} placeholders "
+                                                          f"than its {len(images)} image(s)")
             image = images[used]
             used += 1
             data = image.get("bytes") if isinstance(image, dict) else None
             if not data:
-                raise RowRejected("bad_image", f"{_where(row)}: image {used} has no bytes")
+                raise Reject("bad_image", f"{_where(row)}: image {used} has no bytes")
             try:
                 decoded = Image.open(BytesIO(data))
                 decoded.load()  # a truncated file fails here, not later inside a batch
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-                raise RowRejected("bad_image", f"{_where(row)}: image {used} does not decode: "
+                raise Reject("bad_image", f"{_where(row)}: image {used} does not decode: "
                                                f"{type(exc).__name__}: {exc}") from None
             resolution = {k: image[k] for k in RESOLUTION_KEYS if image.get(k) is not None}
             parts.append({"type": "image", "image": decoded, **resolution})
         message["content"] = parts
     if used != len(images):
-        raise RowRejected("placeholder_mismatch", f"{_where(row)}: {len(images)} image(s) but {used} <image> "
-                                                  "placeholder(s)")
+        raise Reject("placeholder_mismatch", f"{_where(row)}: {len(images)} image(s) but {used} "
+                                                  f"{IMAGE_PLACEHOLDER} placeholder(s)")
     return messages
 
 
 class ModelFiles:
-    """A model's tokenizer, processor (None for a text-only model) and config, checked to fit each other."""
+    """A model's tokenizer, processor (None for a text-only model), config and model family (None for a text-only
+    model), checked to fit each other."""
 
     def __init__(self, model: str) -> None:
         check_model_directory(model)
@@ -156,8 +148,7 @@ class ModelFiles:
             self.processor, self.tokenizer = processor, processor.tokenizer
         if problems := self.mismatches(model):
             raise ConfigError(f"{model}: the processor does not fit the model: " + "; ".join(problems))
-        patch = getattr(getattr(self.processor, "image_processor", None), "patch_size", None)
-        self.image_patch_size = int(patch or 14)  # what verl's agent loop gives qwen_vl_utils
+        self.family = None if self.processor is None else family_of_config(self.config, where=model)
 
     def mismatches(self, model: str) -> list[str]:
         """Why the tokenizer and processor do not belong to the model's config (empty when they do)."""
@@ -185,21 +176,22 @@ class ModelFiles:
         """The row's prompt text and resized images, as verl's agent loop renders them.
 
         Raises:
-            RowRejected: see :func:`row_messages`; also an image row for a model without an image processor.
+            Reject: see :func:`row_messages`; also an image row for a model without an image processor.
         """
         messages = row_messages(row)
         if self.processor is None:
             if row.get("images"):
-                raise RowRejected("no_image_processor", f"{_where(row)} has images; the model has no image processor")
+                raise Reject("no_image_processor", f"{_where(row)} has images; the model has no image processor")
             return Prompt(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         images: list = []
         if row.get("images"):
             from qwen_vl_utils import process_vision_info
 
             try:
-                images, _ = process_vision_info(messages, image_patch_size=self.image_patch_size)
+                # the patch size verl's agent loop gives qwen_vl_utils
+                images, _ = process_vision_info(messages, image_patch_size=self.family.patch_size)
             except (OSError, ValueError, SyntaxError) as exc:
-                raise RowRejected("bad_image", f"{_where(row)}: an image cannot be resized: {exc}") from None
+                raise Reject("bad_image", f"{_where(row)}: an image cannot be resized: {exc}") from None
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return Prompt(text, list(images or []))
 
@@ -271,7 +263,9 @@ class HFGenerator:
         tokenizer = files.tokenizer
         tokenizer.padding_side = "left"  # generation continues every prompt from its last token
         vocab = tokenizer.get_vocab()
-        self.suppressed = [vocab[t] for t in VISION_TOKENS if t in vocab] or None
+        # a random or weak model may sample a vision token, which verl's mRoPE index (and vLLM) cannot take
+        never_sample = files.family.never_sample if files.family is not None else ()
+        self.suppressed = [vocab[t] for t in never_sample if t in vocab] or None
         eos = self.model.generation_config.eos_token_id
         self.eos = sorted({*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
                            tokenizer.eos_token_id} - {None})
@@ -377,7 +371,7 @@ def write_predictions(
                 try:
                     prompts.append(files.prompt(row))
                     batch.append(row)
-                except RowRejected as exc:
+                except Reject as exc:
                     summary.rejected_by_reason[exc.code] += 1
                     rejects.write(json.dumps({"data_source": row["data_source"], "index": row["extra_info"]["index"],
                                               "code": exc.code, "reason": exc.reason}, ensure_ascii=False) + "\n")

@@ -21,9 +21,6 @@ from PIL import Image
 # benchmark -> directory under the samples root
 LAYOUTS = {"vqa_rad": "vqa-rad", "path_vqa": "path-vqa", "slake": "slake", "pmc_vqa": "pmc-vqa",
            "omnimedvqa": "OmniMedVQA", "mmmu_hm": "MMMU", "medxpertqa_mm": "MedXpertQA"}
-# what `eval prepare` makes of each sample: (rows written, rows rejected)
-PREPARED = {"vqa_rad": (3, 0), "path_vqa": (3, 0), "slake": (5, 1), "pmc_vqa": (2, 0), "omnimedvqa": (2, 0),
-            "mmmu_hm": (4, 0), "medxpertqa_mm": (2, 0)}
 
 
 def image_bytes(shade: int, fmt: str = "PNG", size: tuple[int, int] = (16, 12)) -> bytes:

@@ -28,7 +28,8 @@ from medverl.data.job import MANIFEST
 from medverl.data.prepared import open_prepared
 from medverl.errors import ConfigError
 from medverl.eval import run
-from medverl.eval.score import markdown_table, score_runs
+from medverl.eval.report import markdown_table
+from medverl.eval.score import score_runs
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from medverl.arguments import print_job, unit_float
-from medverl.data.job import Job, Rejected, excerpt
+from medverl.data.job import Job, Reject, excerpt
 from medverl.data.prepared import open_prepared
 from medverl.errors import ConfigError
 from medverl.qc.rules import DIMENSIONS
@@ -78,7 +78,7 @@ def filter_scores(
                 low = [f"{n} {r[n]:.3f} < {v}" for n, v in thresholds.items() if r[n] is not None and r[n] < v]
                 code, reason = ("below_threshold", "; ".join(low)) if low else ("", "")
             if code:
-                job.reject(Rejected(r["index"], r["source"], code, reason, excerpt(r["text"])))
+                job.reject(Reject(code, reason, r["index"], r["source"], excerpt(r["text"])))
             else:
                 job.write_line(r["record"])
         job.commit(len(rows))

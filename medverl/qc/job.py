@@ -19,18 +19,17 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medverl.arguments import (
-    EXIT_NOTHING_USABLE, EXIT_OK, add_image_arguments, add_plugins, non_negative_int, positive_float, positive_int,
-    print_job,
-)
-from medverl.data.files import DEFAULT_MAX_IMAGE_BYTES
-from medverl.data.converters import CONVERTERS, PrepOptions, Reject, read_content
-from medverl.data.job import Job, Rejected, fingerprint_inputs, windows
+from medverl.arguments import EXIT_NOTHING_USABLE, EXIT_OK, print_job
+from medverl.data.converters import CONVERTERS, PrepOptions, read_content
+from medverl.data.files import DEFAULT_MAX_IMAGE_BYTES, add_image_arguments
+from medverl.data.job import Job, Reject, fingerprint_inputs, windows
 from medverl.data.records import Record, count_records, iter_records
 from medverl.data.schemas import qc_scores_schema
 from medverl.errors import ConfigError
-from medverl.qc.judge import Judge, JudgeConfig, JudgeOutcome, VerdictCache
+from medverl.http import JudgeConfig, JudgeOutcome, add_judge_arguments, judge_config
+from medverl.qc.judge import RUBRIC_VERSION, rubric_judge
 from medverl.qc.rules import DIMENSIONS, ImageFacts, image_checks, mark_duplicates, score_rules
+from medverl.rewards.options import add_plugins
 
 WINDOW = 500
 SCHEMA = qc_scores_schema()
@@ -54,7 +53,7 @@ class QCJob:
     def fingerprint(self) -> dict:
         return {"inputs": fingerprint_inputs(self.inputs), "input_kind": self.kind, "scorer": self.scorer,
                 "image_root": list(self.image_root), "subset_key": self.subset_key, "plugins": list(self.plugins),
-                "rubric_version": self.judge.rubric_version if self.judge else None,
+                "rubric_version": RUBRIC_VERSION if self.judge else None,
                 "judge_model": self.judge.model if self.judge else None}
 
     @property
@@ -110,7 +109,7 @@ def _score(job: QCJob, out: Job, progress: bool) -> dict:
         for hashes in pq.read_table(out.directory / shard["file"], columns=["image_hashes"]).column(
                 "image_hashes").to_pylist():
             seen.update(hashes)
-    judge = Judge(job.judge, VerdictCache(out.directory / "judge_cache.sqlite")) if job.scorer == "judge" else None
+    judge = rubric_judge(job.judge, out.directory / "judge_cache.sqlite") if job.scorer == "judge" else None
     if judge is not None:
         try:
             judge.preflight()
@@ -131,9 +130,7 @@ def _score(job: QCJob, out: Job, progress: bool) -> dict:
                 content = Reject("internal_error", f"{type(exc).__name__}: {exc} (a bug: please report it with "
                                  "this record)")
         if isinstance(content, Reject):
-            content = record.rejected(content.code, content.reason)
-        if isinstance(content, Rejected):
-            out.reject(content)
+            out.reject(content if content.index is not None else record.rejected(content.code, content.reason))
             return None
         return record, content.text, content.images
 
@@ -178,8 +175,7 @@ def _score(job: QCJob, out: Job, progress: bool) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``medverl qc score``'s arguments."""
-    defaults = JudgeConfig("", "")
-    parser.add_argument("kind", choices=list(CONVERTERS), help="the input records' kind (as for medverl prep)")
+    parser.add_argument("kind", choices=CONVERTERS.names(), help="the input records' format (as for medverl prep)")
     parser.add_argument("inputs", nargs="+", help="the records medverl prep reads (.jsonl, .json, .parquet)")
     parser.add_argument("--output", required=True, help="output directory (part-NNNNN.parquet scores, "
                         "rejects.jsonl, manifest.json)")
@@ -187,25 +183,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rules: named CPU checks; judge: a VLM behind an OpenAI-compatible endpoint")
     add_image_arguments(parser)
     parser.add_argument("--subset-key", default=QCJob.subset_key, help="record field that names its subset")
-    parser.add_argument("--judge-url", help="OpenAI-compatible base URL, e.g. http://host:8000/v1")
-    parser.add_argument("--judge-model", help="the served model's name")
-    parser.add_argument("--concurrency", type=positive_int, default=defaults.concurrency, help="judge calls at a time")
-    parser.add_argument("--timeout", type=positive_float, default=defaults.timeout_s,
-                        help="seconds per judge call in all (connecting, sending, the whole reply)")
-    parser.add_argument("--retries", type=non_negative_int, default=defaults.retries,
-                        help="judge retries per record, with backoff")
+    add_judge_arguments(parser)
     parser.add_argument("--resume", action="store_true", help="continue an interrupted job in the same directory")
     add_plugins(parser)
 
 
 def run_command(args: argparse.Namespace) -> int:
     """Run ``medverl qc score``: exit status 1 when no record was scored."""
-    judge = None
-    if args.scorer == "judge":
-        if not args.judge_url or not args.judge_model:
-            raise ConfigError("--scorer judge needs --judge-url and --judge-model")
-        judge = JudgeConfig(args.judge_url, args.judge_model, api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
-                            concurrency=args.concurrency, timeout_s=args.timeout, retries=args.retries)
+    judge = judge_config(args) if args.scorer == "judge" else None
+    if args.scorer == "judge" and judge is None:
+        raise ConfigError("--scorer judge needs --judge-url and --judge-model")
     for path in args.inputs:
         iter_records(path)  # a missing or unknown input is a usage error before anything runs
     job = QCJob(args.kind, tuple(args.inputs), Path(args.output), args.scorer, tuple(args.image_root),

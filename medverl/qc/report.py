@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 from medverl.arguments import EXIT_OK
-from medverl.data.job import Rejected
+from medverl.data.job import Reject
 from medverl.data.prepared import open_prepared
 from medverl.data.records import iter_jsonl, json_object
 from medverl.errors import ConfigError
@@ -74,7 +74,7 @@ def agreement(sample: list[dict], labels_path: str | Path, threshold: float) -> 
     labels, unreadable = {}, []
     for record in iter_jsonl(labels_path):
         item = json_object(record, ("source",))
-        if isinstance(item, Rejected) or not isinstance(item["source"], str):
+        if isinstance(item, Reject) or not isinstance(item["source"], str):
             unreadable.append(record.source)
         elif isinstance(item.get("human_pass"), bool):
             labels[item["source"]] = item["human_pass"]

@@ -14,47 +14,88 @@ named below lowers the dimensions it bears on:
 | text_short | under 4 words (2 CJK characters count as a word) | completeness, fluency |
 | text_repetitive | under 50% distinct word 3-grams | fluency |
 | text_noisy | over 30% of characters neither letters, digits, spaces nor punctuation | fluency |
-| text_truncated | the last sentence does not end | fluency, completeness |
+| text_truncated | it ends in none of . ! ? …, a closing bracket or quote, a closing tag, an ``Answer: X`` line | fluency, completeness |
 | report_no_impression | a report with findings but no impression/conclusion | completeness |
 | modality_mismatch | a colour modality named (fundus, H&E, dermoscopy) for a greyscale image, or a greyscale one (CT, MRI, X-ray) for a colour image | relevance |
+
+The checks are the entries of :data:`CHECKS`. A package adds a text check with :func:`register` on a function
+``fails(text) -> bool``, in a module named by an entry point of group ``medverl.qc_checks``::
+
+    @register("no_laterality", lowers=("completeness",))
+    def no_laterality(text: str) -> bool:
+        return "left" not in text.lower() and "right" not in text.lower()
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
 from medverl.data.files import DEFAULT_MAX_IMAGE_BYTES
-from medverl.data.images import ImageError, load_image
+from medverl.data.images import ImageError, image_digest, load_image
 from medverl.data.schemas import QC_DIMENSIONS
+from medverl.registry import Registry
 
 DIMENSIONS = QC_DIMENSIONS
 PENALTY = 0.5
-CHECKS: dict[str, tuple[str, ...]] = {
+_WORD = re.compile(r"[^\W\d_]+|\d+", re.UNICODE)
+_CJK = re.compile(r"[\u3400-\u9fff]")
+# What medical text uses besides letters and digits; any other character counts as noise.
+_PUNCTUATION = frozenset(".,;:!?'\"()[]{}-/%°+<>=±×µ·–—…’‘“”。，、；：！？（）【】《》「」")
+# Where a text may end: terminal punctuation, a closing bracket or quote, or a closing tag (</answer>, </think>).
+_END = re.compile(r"""(?:[.!?。！？…)\]}）】》」』"'”’»]|</[A-Za-z][\w-]*>)\Z""")
+# A last line stating the answer ("Answer: B", "Final answer: left lung"), as RL records read for QC end.
+_ANSWER_LINE = re.compile(r"(?:\A|\n)[ \t]*(?:final[ \t]+)?answer[ \t]*[:：][ \t]*\S[^\n]*\Z", re.IGNORECASE)
+_COLOUR_MODALITIES = re.compile(r"\b(fundus|h\s*&\s*e|hematoxylin|haematoxylin|dermoscop\w*|endoscop\w*|photograph)", re.I)
+_GREY_MODALITIES = re.compile(r"\b(ct|computed tomography|mri|magnetic resonance|x-?ray|radiograph\w*|ultrasound)\b", re.I)
+
+
+@dataclass(frozen=True)
+class Check:
+    """A named QC check: the dimensions its failure lowers and, for a text check, ``fails(text)``; image checks
+    (``fails`` None) are run by :func:`image_checks` and :func:`score_rules`."""
+
+    lowers: tuple[str, ...]
+    fails: Callable[[str], bool] | None = None
+
+
+CHECKS: Registry[Check] = Registry(
+    "QC check", "medverl.qc_checks", entry_type=Check,
+    how="Add a text check with @medverl.qc.rules.register(name, lowers=...) in a module named by an entry point of "
+        "group 'medverl.qc_checks'.",
+)
+
+
+def register(name: str, *, lowers: tuple[str, ...]) -> Callable[[Callable[[str], bool]], Callable[[str], bool]]:
+    """Decorator registering ``fails(text) -> bool`` as text check `name`; each failure halves the dimensions
+    in `lowers` (any of DIMENSIONS but medical_correctness, which only the judge scores)."""
+    wrong = [d for d in lowers if d not in DIMENSIONS or d == "medical_correctness"]
+    if not lowers or wrong:
+        raise ValueError(f"QC check {name!r} lowers {list(lowers)}; name some of "
+                         f"{', '.join(d for d in DIMENSIONS if d != 'medical_correctness')}")
+
+    def decorator(fails: Callable[[str], bool]) -> Callable[[str], bool]:
+        CHECKS.add(name, Check(tuple(lowers), fails))
+        return fails
+
+    return decorator
+
+
+# The image checks, run by image_checks and score_rules.
+for _name, _lowers in {
     "image_unreadable": ("relevance", "practicality"),
     "image_small": ("practicality",),
     "image_blank": ("relevance", "practicality"),
     "image_aspect": ("practicality",),
     "image_duplicate": ("practicality",),
-    "text_short": ("completeness", "fluency"),
-    "text_repetitive": ("fluency",),
-    "text_noisy": ("fluency",),
-    "text_truncated": ("fluency", "completeness"),
-    "report_no_impression": ("completeness",),
     "modality_mismatch": ("relevance",),
-}
-_WORD = re.compile(r"[^\W\d_]+|\d+", re.UNICODE)
-_CJK = re.compile(r"[\u3400-\u9fff]")
-# What medical text uses besides letters and digits; any other character counts as noise.
-_PUNCTUATION = frozenset(".,;:!?'\"()[]{}-/%°+<>=±×µ·–—…’‘“”。，、；：！？（）【】《》「」")
-_END = re.compile(r"[.!?。！？:)\]\"'”’…]\s*$")
-_COLOUR_MODALITIES = re.compile(r"\b(fundus|h\s*&\s*e|hematoxylin|haematoxylin|dermoscop\w*|endoscop\w*|photograph)", re.I)
-_GREY_MODALITIES = re.compile(r"\b(ct|computed tomography|mri|magnetic resonance|x-?ray|radiograph\w*|ultrasound)\b", re.I)
+}.items():
+    CHECKS.add(_name, Check(_lowers))
 
 
 @dataclass
@@ -75,24 +116,44 @@ def _words(text: str) -> list[str]:
     return words + ["#"] * (cjk // 2)
 
 
-def text_checks(text: str) -> list[str]:
-    """The text checks `text` fails."""
-    failed = []
+@register("text_short", lowers=("completeness", "fluency"))
+def text_short(text: str) -> bool:
+    """Under 4 words (2 CJK characters count as a word)."""
+    return len(_words(text)) < 4
+
+
+@register("text_repetitive", lowers=("fluency",))
+def text_repetitive(text: str) -> bool:
+    """Under 50% distinct word 3-grams."""
     words = _words(text)
-    if len(words) < 4:
-        failed.append("text_short")
     grams = list(zip(words, words[1:], words[2:], strict=False))
-    if len(grams) >= 6 and len(set(grams)) / len(grams) < 0.5:
-        failed.append("text_repetitive")
+    return len(grams) >= 6 and len(set(grams)) / len(grams) < 0.5
+
+
+@register("text_noisy", lowers=("fluency",))
+def text_noisy(text: str) -> bool:
+    """Over 30% of characters neither letters, digits, spaces nor punctuation."""
     stripped = [c for c in text if not c.isspace()]
-    if stripped and sum(1 for c in stripped if not (c.isalnum() or c in _PUNCTUATION)) / len(stripped) > 0.3:
-        failed.append("text_noisy")
-    if text.strip() and not _END.search(text.strip()) and not _CJK.search(text.strip()[-1:]):
-        failed.append("text_truncated")
+    return bool(stripped) and sum(1 for c in stripped if not (c.isalnum() or c in _PUNCTUATION)) / len(stripped) > 0.3
+
+
+@register("text_truncated", lowers=("fluency", "completeness"))
+def text_truncated(text: str) -> bool:
+    """The text stops mid-sentence (see the module's table for the endings that count as complete)."""
+    text = text.strip()
+    return bool(text) and not (_END.search(text) or _ANSWER_LINE.search(text) or _CJK.search(text[-1:]))
+
+
+@register("report_no_impression", lowers=("completeness",))
+def report_no_impression(text: str) -> bool:
+    """A report with findings but no impression/conclusion."""
     low = text.lower()
-    if "findings" in low and not any(w in low for w in ("impression", "conclusion", "diagnosis")):
-        failed.append("report_no_impression")
-    return failed
+    return "findings" in low and not any(w in low for w in ("impression", "conclusion", "diagnosis"))
+
+
+def text_checks(text: str) -> list[str]:
+    """The text checks `text` fails, in name order (plugins' included)."""
+    return [name for name, check in CHECKS.items() if check.fails is not None and check.fails(text)]
 
 
 @dataclass
@@ -116,7 +177,7 @@ def image_checks(reference: object, image_root, max_image_bytes: int = DEFAULT_M
     except ImageError:
         return ImageFacts(["image_unreadable"], None, b"")
     failed = []
-    digest = hashlib.sha256(loaded.data).hexdigest()
+    digest = image_digest(loaded.data)
     if min(loaded.width, loaded.height) < 64:
         failed.append("image_small")
     if max(loaded.width, loaded.height) > 8 * min(loaded.width, loaded.height):
@@ -155,6 +216,6 @@ def score_rules(text: str, image_facts: list[ImageFacts]) -> Checked:
     scores: dict[str, float | None] = {d: 1.0 for d in DIMENSIONS}
     scores["medical_correctness"] = None
     for check in failed:
-        for dimension in CHECKS[check]:
+        for dimension in CHECKS.get(check).lowers:
             scores[dimension] = scores[dimension] * PENALTY
     return Checked(scores, failed)

@@ -24,10 +24,12 @@ from medverl.rewards.registry import (
 )
 from medverl.rewards.scoring import (
     RESULT_KEYS,
+    Answer,
     RewardOptions,
     RewardResult,
     check_reference,
     compute_score,
+    extract_answer,
     parse_ground_truth,
     score_sample,
 )
@@ -38,6 +40,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "REGISTRY",
     "RESULT_KEYS",
+    "Answer",
     "FormatCheck",
     "InvalidReference",
     "PluginError",
@@ -50,6 +53,7 @@ __all__ = [
     "check_format",
     "check_reference",
     "compute_score",
+    "extract_answer",
     "extract_choice",
     "normalize",
     "parse_ground_truth",

@@ -11,6 +11,7 @@ Rules (the row's ``extra_info.meta`` JSON sets the per-row parameters):
   ``"relative"`` (0-1 fractions). Answer and gold share it unless ``meta.gold_format`` (same choices) says the gold
   differs. Both are converted to 0-1 before the IoU; "pixels" without an image size needs no conversion when answer
   and gold are both in pixels (IoU does not depend on the scale), and is an error when the other side is relative.
+  ``medverl prep rl --model-family NAME`` fills a missing ``box_format`` and pixel ``image_size`` from the family.
 - Bad boxes are never repaired: a non-finite number, inverted corners (``x2 < x1`` or ``y2 < y1``: reordering
   would also half-reward an ``[x, y, w, h]`` answer), a zero-area box, or a coordinate outside the image (below 0, or
   above W/H, 1000 or 1 for the convention; above 1,000,000 for pixels without an image size) makes the whole answer

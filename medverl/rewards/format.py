@@ -82,3 +82,4 @@ def check_format(output: str, *, think_prefilled: bool = False, require_think: b
     if not answer or (not answer.isascii() and is_blank(answer)):
         return FormatCheck(False, reason="empty <answer>")
     return FormatCheck(True, answer)
+

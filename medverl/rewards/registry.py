@@ -1,20 +1,21 @@
-"""The query_type registry: a dict of rewards, filled by decorators, entry points and plugin files."""
+"""The query_type registry: a :class:`medverl.registry.Registry` of rewards, filled by decorators, entry points
+and plugin files."""
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib
-import importlib.metadata
 import importlib.util
 import inspect
 import logging
 import sys
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Union
+
+from medverl.registry import PluginError, Snapshot, UnknownName
+from medverl.registry import Registry as NamedRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -41,18 +42,16 @@ ReferenceValidator = Callable[..., None]
 
 
 class InvalidReference(ValueError):
-    """A ground truth (or its options) that no answer could match: a data-preparation error."""
+    """A ground truth (or its options) that no answer could match: a data-preparation error.
+
+    A reward's ``validate`` raises it (or a plain ``ValueError``, read the same way) with what is wrong and the fix;
+    ``medverl prep`` rejects the row as ``invalid_reference`` with that message and ``medverl rewards check``
+    reports it.
+    """
 
 
-class UnknownQueryType(KeyError):
+class UnknownQueryType(UnknownName):
     """A query_type that no registered reward handles."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0])
-
-
-class PluginError(ImportError):
-    """A reward plugin (module or file) that cannot be loaded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +63,8 @@ class RewardSpec:
         fn: ``fn(answer, golds, **params) -> float | Verdict``; `answer` is the stripped ``<answer>`` content,
             `golds` the acceptable answers, `params` the `extra_info` keys named in `extra_info_keys`.
         extra_info_keys: row fields passed to `fn` (and `validate`) as keyword arguments.
-        validate: ``validate(golds, **params)`` raises :class:`InvalidReference` for a reference no answer can
-            match; data preparation calls it on every row.
+        validate: ``validate(golds, **params)`` raises :class:`InvalidReference` (or ``ValueError``) for a
+            reference no answer can match; data preparation calls it on every row.
         source: where it came from ("built-in", a module or a file).
         answer_type: "closed" (one right answer among few: a letter, yes/no, a number) or "open" (free text, scored
             by overlap); evaluation reports the two apart unless a row's ``meta.answer_type`` says otherwise.
@@ -87,16 +86,20 @@ class RewardSpec:
         return (inspect.getdoc(self.fn) or "").partition("\n")[0]
 
 
-class Registry:
+class Registry(NamedRegistry[RewardSpec]):
     """Named rewards; built-ins register on import, third-party ones through entry points and plugins."""
 
+    unknown_error = UnknownQueryType
+
     def __init__(self) -> None:
-        self._specs: dict[str, RewardSpec] = {}
-        self._lock = threading.RLock()
-        self._entry_points_loaded = False
+        super().__init__(
+            "query_type", ENTRY_POINT_GROUP, plural="query types", entry_type=RewardSpec,
+            how="Register a new one with @medverl.rewards.register(name) in a module listed in the 'plugins' "
+                f"reward_kwarg or an entry point of group {ENTRY_POINT_GROUP!r}.",
+        )
         self._plugins_loaded: set[str] = set()
 
-    def register(
+    def register(  # type: ignore[override]  # a reward takes its scoring options with its name
         self,
         name: str,
         *,
@@ -105,7 +108,8 @@ class Registry:
         answer_type: str = "closed",
         whole_ground_truth: bool = False,
     ) -> Callable[[RewardFn], RewardFn]:
-        """Decorator registering `fn` as the reward of query_type `name`; a name can be registered once."""
+        """Decorator registering `fn` as the reward of query_type `name`; a name can be registered once. The
+        options are those of the module's :func:`register`."""
         if not name or not isinstance(name, str):
             raise ValueError(f"query_type name must be a non-empty string, got {name!r}")
         if answer_type not in ANSWER_TYPES:
@@ -113,61 +117,15 @@ class Registry:
                              f"{answer_type!r}")
 
         def decorator(fn: RewardFn) -> RewardFn:
-            spec = RewardSpec(name, fn, tuple(extra_info_keys), validate, _source_of(fn), answer_type,
-                              whole_ground_truth)
-            with self._lock:
-                existing = self._specs.get(name)
-                if existing is not None and existing.fn is not fn:
-                    raise ValueError(
-                        f"query_type {name!r} is already registered by {existing.source} "
-                        f"({existing.fn.__module__}.{existing.fn.__qualname__}); pick another name"
-                    )
-                self._specs[name] = spec
+            self.add(name, RewardSpec(name, fn, tuple(extra_info_keys), validate, _source_of(fn), answer_type,
+                                      whole_ground_truth))
             return fn
 
         return decorator
 
-    def get(self, name: str) -> RewardSpec:
-        """The reward for `name`; raises :class:`UnknownQueryType` naming the known ones and the closest."""
-        spec = self._specs.get(name)
-        if spec is not None:
-            return spec
-        self.load_entry_points()
-        spec = self._specs.get(name)
-        if spec is None:
-            raise UnknownQueryType(self._unknown_message(name))
-        return spec
-
-    def names(self) -> list[str]:
-        """Sorted names of every registered reward, entry points included."""
-        self.load_entry_points()
-        return sorted(self._specs)
-
     def specs(self) -> list[RewardSpec]:
         """Every registered reward, sorted by name."""
-        return [self._specs[name] for name in self.names()]
-
-    def load_entry_points(self) -> None:
-        """Import the rewards of installed packages (entry-point group ``medverl.rewards``), once."""
-        if self._entry_points_loaded:
-            return
-        with self._lock:
-            if self._entry_points_loaded:
-                return
-            for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-                try:
-                    obj = ep.load()
-                except Exception as exc:
-                    raise PluginError(
-                        f"entry point {ep.name!r} = {ep.value!r} of group {ENTRY_POINT_GROUP!r} failed to load: {exc}"
-                    ) from exc
-                # `name = pkg.module:function` registers the function (unless its decorator already did);
-                # `name = pkg.module` only imports the module, whose decorators register.
-                if callable(obj) and not inspect.ismodule(obj):
-                    current = self._specs.get(ep.name)
-                    if current is None or current.fn is not obj:
-                        self.register(ep.name)(obj)
-            self._entry_points_loaded = True
+        return [spec for _, spec in self.items()]
 
     def load_plugins(self, plugins: Iterable[str]) -> None:
         """Import reward plugins (module names or ``.py`` files), each once per process; their ``@register``
@@ -185,36 +143,39 @@ class Registry:
                     logger.info("loaded reward plugin %s", plugin)
                 self._plugins_loaded.add(plugin)
 
-    def snapshot(self) -> RegistrySnapshot:
+    def snapshot(self) -> RegistrySnapshot:  # type: ignore[override]
         """What is registered and loaded now, for :meth:`restore` (tests start each case from the same state)."""
         with self._lock:
-            return RegistrySnapshot(dict(self._specs), self._entry_points_loaded, frozenset(self._plugins_loaded))
+            return RegistrySnapshot(super().snapshot(), frozenset(self._plugins_loaded))
 
-    def restore(self, snapshot: RegistrySnapshot) -> list[str]:
+    def restore(self, snapshot: RegistrySnapshot) -> list[str]:  # type: ignore[override]
         """Return to `snapshot`; returns the names of the plugin modules loaded since, which Python keeps imported."""
         with self._lock:
+            super().restore(snapshot.table)
             loaded = self._plugins_loaded - snapshot.plugins_loaded
-            self._specs = dict(snapshot.specs)
-            self._entry_points_loaded = snapshot.entry_points_loaded
             self._plugins_loaded = set(snapshot.plugins_loaded)
         return sorted({plugin_module_name(p) for p in loaded})
 
-    def _unknown_message(self, name: object) -> str:
-        known = sorted(self._specs)
-        close = difflib.get_close_matches(str(name), known, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        return (
-            f"unknown query_type {name!r}.{hint} Known query types: {', '.join(known)}. "
-            "Register a new one with @medverl.rewards.register(name) in a module listed in the 'plugins' "
-            f"reward_kwarg or an entry point of group {ENTRY_POINT_GROUP!r}."
-        )
+    def _from_entry_point(self, name: str, obj: object) -> RewardSpec:
+        # `name = pkg.module:function` registers the function unless its decorator already did (same function)
+        if not callable(obj):
+            raise TypeError(f"query_type {name!r} must be a reward function, got {type(obj).__name__}")
+        current = self._entries.get(name)
+        if current is not None and current.fn is obj:
+            return current
+        return RewardSpec(name, obj, source=_source_of(obj))  # type: ignore[arg-type]
+
+    def _same(self, existing: RewardSpec, value: RewardSpec) -> bool:
+        return existing.fn is value.fn
+
+    def _describe(self, value: RewardSpec) -> str:
+        return f"{value.source} ({value.fn.__module__}.{value.fn.__qualname__})"
 
 
 class RegistrySnapshot(NamedTuple):
-    """A registry's state, from :meth:`Registry.snapshot`."""
+    """A reward registry's state, from :meth:`Registry.snapshot`."""
 
-    specs: dict[str, RewardSpec]
-    entry_points_loaded: bool
+    table: Snapshot
     plugins_loaded: frozenset[str]
 
 
@@ -278,6 +239,17 @@ def register(
     name: str, *, extra_info_keys: Sequence[str] = (), validate: ReferenceValidator | None = None,
     answer_type: str = "closed", whole_ground_truth: bool = False,
 ) -> Callable[[RewardFn], RewardFn]:
-    """Decorator registering a reward for query_type `name` in the process-wide registry."""
+    """Decorator registering a reward for query_type `name` in the process-wide registry.
+
+    Args:
+        extra_info_keys: row fields passed to the reward (and `validate`) as keyword arguments.
+        validate: ``validate(golds, **params)`` checks a row's reference at data-preparation time and raises
+            :class:`InvalidReference` (``from medverl.rewards import InvalidReference``; a plain ``ValueError`` is
+            read the same way) saying what is wrong and how to fix it: ``medverl prep`` rejects the row as
+            ``invalid_reference`` with that message and ``medverl rewards check`` reports it. Any other exception
+            is a bug in `validate`.
+        answer_type: "closed" or "open" (see :class:`RewardSpec`).
+        whole_ground_truth: the ground truth is one answer, never a JSON list of alternatives.
+    """
     return REGISTRY.register(name, extra_info_keys=extra_info_keys, validate=validate, answer_type=answer_type,
                              whole_ground_truth=whole_ground_truth)

@@ -8,9 +8,10 @@ import json
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
+from medverl.arguments import positive_int, unit_float
 from medverl.rewards import registry
 from medverl.rewards.format import check_format
 from medverl.rewards.registry import InvalidReference, Verdict
@@ -27,6 +28,8 @@ _VERL_KWARGS = frozenset({"reward_router_address", "reward_model_tokenizer"})
 class RewardOptions:
     """The reward_kwargs medverl understands (``+reward.custom_reward_function.reward_kwargs.KEY=VALUE``).
 
+    Each field is also a command-line option (:mod:`medverl.rewards.options`), its help in the field's metadata.
+
     Attributes:
         format_weight: w in ``score = w * format + (1 - w) * acc`` (seed: 0.1).
         think_prefilled: the chat template opened ``<think>``; the response must close it.
@@ -36,12 +39,15 @@ class RewardOptions:
         plugins: modules or ``.py`` files that register rewards, imported once per process.
     """
 
-    format_weight: float = 0.1
-    think_prefilled: bool = False
-    require_think: bool = False
-    max_answer_chars: int = 8192
-    default_query_type: str | None = None
-    plugins: tuple[str, ...] = ()
+    format_weight: float = field(default=0.1, metadata={"help": "w in w*format + (1-w)*acc", "type": unit_float})
+    think_prefilled: bool = field(default=False, metadata={
+        "help": "the chat template opened <think> (data prepared with --template think_prefilled)"})
+    require_think: bool = field(default=False, metadata={"help": "reasoning must be one <think> block"})
+    max_answer_chars: int = field(default=8192, metadata={"help": "longer answers score acc 0", "type": positive_int})
+    default_query_type: str | None = field(default=None, metadata={
+        "help": "the query_type of rows whose extra_info has none", "metavar": "NAME"})
+    plugins: tuple[str, ...] = field(default=(), metadata={
+        "help": "module or .py file registering more query types (repeatable)", "metavar": "MODULE_OR_FILE"})
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.format_weight <= 1.0:
@@ -192,7 +198,8 @@ def check_reference(
 
     Raises:
         UnknownQueryType: the row's query_type is not registered.
-        InvalidReference: no answer could match the ground truth.
+        InvalidReference: no answer could match the ground truth (a ``ValueError`` the reward's ``validate``
+            raises becomes one, with its message).
     """
     if options.plugins:
         registry.REGISTRY.load_plugins(options.plugins)
@@ -212,7 +219,12 @@ def check_reference(
                 return spec, golds, params
         except TypeError:  # an unhashable parameter: validate every time
             key = None
-        spec.validate(golds, **params)
+        try:
+            spec.validate(golds, **params)
+        except InvalidReference:
+            raise
+        except ValueError as exc:  # a validate's plain ValueError says the same: this reference cannot be scored
+            raise InvalidReference(str(exc)) from exc
         if key is not None:
             if len(_validated) >= _MAX_VALIDATED:
                 _validated.clear()
@@ -240,6 +252,33 @@ def _hashable(value: object) -> object:
         return value
 
 
+class Answer(NamedTuple):
+    """What the reward reads of a response: `answer` is what a reward is called with (None when it reads none),
+    `format` 1.0 for a well-formed response, `reason` why no answer was read."""
+
+    answer: str | None
+    format: float
+    reason: str = ""
+
+
+def extract_answer(solution_str: object, options: RewardOptions = _DEFAULT_OPTIONS) -> Answer:
+    """Read a response as the reward does under `options`: the ``<answer>`` content :func:`check_format` accepts,
+    none over ``max_answer_chars``. Every reader of answers (the rewards, the LLM judge of evaluation) reads here.
+
+    >>> extract_answer("<think>...</think><answer> Left lung </answer>")
+    Answer(answer='Left lung', format=1.0, reason='')
+    >>> extract_answer("<answer>A</answer><answer>B</answer>").reason
+    'answer region has 2 <answer> tags'
+    """
+    text = solution_str if isinstance(solution_str, str) else _as_text(solution_str)
+    fmt = check_format(text, think_prefilled=options.think_prefilled, require_think=options.require_think)
+    if not fmt.ok:
+        return Answer(None, 0.0, fmt.reason)
+    if len(fmt.answer) > options.max_answer_chars:
+        return Answer(None, 1.0, f"answer longer than {options.max_answer_chars} characters")
+    return Answer(fmt.answer, 1.0)
+
+
 def score_sample(
     solution_str: object,
     ground_truth: object,
@@ -251,15 +290,10 @@ def score_sample(
     Raises only for trusted inputs: an unknown query_type or an invalid reference.
     """
     spec, golds, params = check_reference(ground_truth, extra_info, options)
-    if not isinstance(solution_str, str):
-        solution_str = _as_text(solution_str)
-    fmt = check_format(solution_str, think_prefilled=options.think_prefilled, require_think=options.require_think)
-    if not fmt.ok:
-        return RewardResult(0.0, 0.0, 0.0, "", fmt.reason, spec.name)
-    w = options.format_weight
-    if len(fmt.answer) > options.max_answer_chars:
-        return RewardResult(w, 0.0, 1.0, "", f"answer longer than {options.max_answer_chars} characters", spec.name)
-    verdict = _run_reward(spec, fmt.answer, golds, params)
+    read, w = extract_answer(solution_str, options), options.format_weight
+    if read.answer is None:
+        return RewardResult(w * read.format, 0.0, read.format, "", read.reason, spec.name)
+    verdict = _run_reward(spec, read.answer, golds, params)
     return RewardResult(w + (1.0 - w) * verdict.acc, verdict.acc, 1.0, verdict.pred, verdict.reason, spec.name)
 
 

@@ -5,8 +5,9 @@
         data.train_files=[data/cpt/part-00000.parquet,...] data.pad_mode=no_padding data.max_length=4096
 
 A row is one caption or interleaved document (``medverl prep caption|interleaved``). Its segments are rendered in
-reading order, each image as the model's vision span (``<|vision_start|><|image_pad|>...<|vision_end|>``, expanded
-by the processor), adjacent text segments separated by a newline, and the document closed by a document-end token.
+reading order, each image as the model family's vision span (``<|vision_start|><|image_pad|>...<|vision_end|>`` for
+Qwen-VL, expanded by the processor), adjacent text segments separated by a newline, and the document closed by a
+document-end token.
 Every text token is trained on; vision tokens and the first token are not (in a packed batch, the first token would
 otherwise be predicted from the previous document's last one).
 """
@@ -22,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from medverl.models import ModelFamily, family_of_config
+
 logger = logging.getLogger(__name__)
 
-VISION_START, IMAGE_PAD, VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"
-IMAGE_SPAN = VISION_START + IMAGE_PAD + VISION_END
 # What the processor returns besides the token ids that is not an image input of the model.
 _NOT_MODEL_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
@@ -35,12 +36,15 @@ class CPTDataset(Dataset):
 
     Reads these keys of verl's ``data`` config: ``max_length``, ``truncation`` ("error" raises naming the row;
     "right" cuts at ``max_length`` but before any image that would not fit whole, dropping it and the images after
-    it), ``pad_mode`` ("no_padding" for sequence packing, or "right"), ``image_key``, ``image_patch_size`` (16 for
-    Qwen3-VL), ``shuffle``/``seed`` (with ``max_samples``), and ``document_end_token`` (default ``<|endoftext|>``
-    when the tokenizer has it, else its EOS token; add it with ``+data.document_end_token=...``).
+    it), ``pad_mode`` ("no_padding" for sequence packing, or "right"), ``image_key``, ``image_patch_size`` (default:
+    the model family's), ``shuffle``/``seed`` (with ``max_samples``), and ``document_end_token`` (default
+    ``<|endoftext|>`` when the tokenizer has it, else its EOS token; add it with ``+data.document_end_token=...``).
 
-    Items carry 1-D ``input_ids`` and ``loss_mask``, ``position_ids`` (``(4, L)`` with a Qwen-VL processor, as
-    verl's ``MultiTurnSFTDataset`` builds them), ``attention_mask`` with right padding, and with a processor
+    The processor (verl's ``hf_processor``, which binds the model config as ``processor.config``) gives the model
+    family (:mod:`medverl.models`): its vision span, patch size and mRoPE index.
+
+    Items carry 1-D ``input_ids`` and ``loss_mask``, ``position_ids`` (``(4, L)`` with a processor, as verl's
+    ``MultiTurnSFTDataset`` builds them), ``attention_mask`` with right padding, and with a processor
     ``multi_modal_inputs`` (``pixel_values``, ``image_grid_thw``; empty for a text-only row).
     """
 
@@ -51,7 +55,11 @@ class CPTDataset(Dataset):
         self.truncation = config.get("truncation", "error")
         self.pad_mode = config.get("pad_mode", "no_padding")
         self.image_key = config.get("image_key", "images")
-        self.image_patch_size = config.get("image_patch_size", processor.image_processor.patch_size if processor else 14)
+        self.family = _family(processor)
+        self.image_patch_size = config.get("image_patch_size") or (self.family.patch_size if self.family else None)
+        if self.family is not None and self.image_patch_size != self.family.patch_size:
+            logger.warning("CPTDataset: data.image_patch_size=%s, but %s models have patch size %d",
+                           self.image_patch_size, self.family.name, self.family.patch_size)
         if self.truncation not in ("error", "right"):
             raise ValueError(
                 f"CPTDataset: truncation={self.truncation!r} is not supported; use 'error' or 'right' "
@@ -64,8 +72,8 @@ class CPTDataset(Dataset):
         )
         if self.document_end is None or self.document_end not in tokenizer.get_vocab():
             raise ValueError(f"CPTDataset: document end token {self.document_end!r} is not in the tokenizer's vocabulary")
-        self.vision_ids = {tokenizer.convert_tokens_to_ids(t) for t in (VISION_START, IMAGE_PAD, VISION_END)}
-        self.image_pad_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        vision_tokens = self.family.vision_tokens if self.family is not None else ()
+        self.vision_ids = {tokenizer.convert_tokens_to_ids(t) for t in vision_tokens}
 
         files = [parquet_files] if isinstance(parquet_files, str) else list(parquet_files)
         tables = [pq.read_table(f, columns=["segments", self.image_key, "extra_info"]) for f in files]
@@ -94,7 +102,10 @@ class CPTDataset(Dataset):
         parts, previous = [], None
         for segment in self.segments[self.row_of[item]]:
             if segment["type"] == "image":
-                parts.append(IMAGE_SPAN)
+                if self.family is None:
+                    raise ValueError(f"CPT row {item} ({self.sources[self.row_of[item]]}) has images but the model "
+                                     "has no processor; use a vision-language model")
+                parts.append(self.family.image_span)
             else:
                 if previous == "text" and not parts[-1][-1:].isspace():
                     parts.append("\n")
@@ -107,10 +118,11 @@ class CPTDataset(Dataset):
         where = f"CPT row {item} ({self.sources[row]})"
         text = self.document_text(item)
         images = self._images(row)
+        spans = text.count(self.family.image_span) if self.family is not None else 0
         if images and self.processor is None:
             raise ValueError(f"{where} has images but the model has no processor; use a vision-language model")
-        if text.count(IMAGE_SPAN) != len(images):
-            raise ValueError(f"{where}: {text.count(IMAGE_SPAN)} image segments for {len(images)} images")
+        if spans != len(images):
+            raise ValueError(f"{where}: {spans} image segments for {len(images)} images")
         if self.processor is None:
             inputs = {"input_ids": self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]}
         else:
@@ -153,8 +165,10 @@ class CPTDataset(Dataset):
                 "images' max_pixels, or set data.truncation=right"
             )
         cut = self.max_length
-        starts = (input_ids == self.tokenizer.convert_tokens_to_ids(VISION_START)).nonzero().flatten().tolist()
-        ends = (input_ids == self.tokenizer.convert_tokens_to_ids(VISION_END)).nonzero().flatten().tolist()
+        starts, ends = ([], []) if self.family is None else (
+            (input_ids == self.tokenizer.convert_tokens_to_ids(token)).nonzero().flatten().tolist()
+            for token in (self.family.vision_start, self.family.vision_end)
+        )
         kept = sum(1 for end in ends if end < cut)
         if kept < len(starts) and starts[kept] < cut:  # the cut falls inside an image: cut before it
             cut = starts[kept]
@@ -172,9 +186,19 @@ class CPTDataset(Dataset):
 
     def _position_ids(self, input_ids: torch.Tensor, grid: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
         text_positions = torch.arange(input_ids.shape[0], dtype=torch.long)
-        if self.processor is None or "Qwen2VLImageProcessor" not in type(self.processor.image_processor).__name__:
+        if self.family is None:
             return text_positions
-        from verl.models.transformers.qwen2_vl import get_rope_index
-
-        vision_positions = get_rope_index(self.processor, input_ids=input_ids, image_grid_thw=grid, attention_mask=mask)
+        vision_positions = self.family.get_rope_index()(self.processor, input_ids=input_ids, image_grid_thw=grid,
+                                                        attention_mask=mask)
         return torch.cat((text_positions.unsqueeze(0), vision_positions), dim=0)
+
+
+def _family(processor) -> ModelFamily | None:
+    """The model family of verl's processor (None for a text-only model)."""
+    if processor is None:
+        return None
+    config = getattr(processor, "config", None)
+    if config is None:
+        raise ValueError("CPTDataset needs the processor of verl.utils.hf_processor, which binds the model config as "
+                         "processor.config (the model family comes from it)")
+    return family_of_config(config, where=getattr(config, "_name_or_path", "") or "the model")

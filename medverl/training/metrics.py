@@ -16,14 +16,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from medverl.stages import ACCURACY, FORMAT_RATE, GENERATION_S, LOSS, REWARD_MEAN, VAL_PREFIX, VAL_SUFFIX
 
-LOSS = "train/loss"  # verl's SFT trainer
-REWARD_MEAN = "critic/score/mean"  # main_ppo: the mean training reward of a step
-FORMAT_RATE = "medverl/format_rate"  # share of a step's rollouts whose format is right
-ACCURACY = "medverl/accuracy"  # mean accuracy of a step's rollouts
-GENERATION_S = "timing_s/gen"  # main_ppo: seconds a step spent generating rollouts
-VAL_PREFIX, VAL_SUFFIX = "val-core/", "/acc/mean@1"  # main_ppo: greedy validation accuracy per data source
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,9 @@ default is 2 s, which rounds every step's generation time up to a multiple of it
 
 verl hands custom samplers no DAPO group filtering or failed-group refill: with ``algorithm.filter_groups.enable``
 or ``trainer.v1.sampler.sync_refill_failed_groups`` set, unset the custom sampler (and lose the check).
+
+It overrides a private method of verl's buffer: :data:`PINS` holds the sha256 of the verl source it relies on, checked
+when the buffer is built (:func:`medverl.verl_pins.check`).
 """
 
 from __future__ import annotations
@@ -23,11 +26,23 @@ import logging
 
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
+from medverl import verl_pins
+from medverl.verl_pins import Pin
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_POLL_INTERVAL = 0.2
 # how many failed prompt groups the error names
 NAMED = 5
+# "module:qualified.name" -> its source's sha256 in verl 0.9.1, and what the buffer does with it
+PINS = {
+    "verl.trainer.ppo.v1.replay_buffer:ReplayBuffer._sync_metadata_from_transfer_queue": Pin(
+        "489dc320fdce58c7a104f38f29b2ea9dd00c7b6d74f5eeb1a4e529f479999e22",
+        "overrides this private method and reads the failure_keys it fills"),
+    "verl.trainer.ppo.v1.replay_buffer:ReplayBuffer.sample": Pin(
+        "cdcecebeb7f0b44e9726b62e208fb6821023591d8b91b0a9ad56750a96363e43",
+        "relies on it calling _sync_metadata_from_transfer_queue at every poll"),
+}
 
 
 class RolloutFailed(RuntimeError):
@@ -39,6 +54,7 @@ class StrictReplayBuffer(ReplayBuffer):
 
     def __init__(self, trainer_mode: str, trainer_config, max_off_policy_threshold: int | None,
                  max_off_policy_strategy: str, sampler_kwargs, **kwargs) -> None:
+        verl_pins.check(PINS)
         if trainer_mode != "sync":
             raise ValueError(f"{type(self).__name__} is verl's sync replay buffer; trainer.v1.trainer_mode is "
                              f"{trainer_mode!r}: unset trainer.v1.sampler.custom_sampler for the async trainers")

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from medverl.data.converters import IMAGE_PLACEHOLDER, render_prompt
+from medverl.data.converters import render_prompt
+from medverl.data.schemas import IMAGE_PLACEHOLDER
 from medverl.prompts import load_template
 from medverl.rewards.choice import LETTERS
 

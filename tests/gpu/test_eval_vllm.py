@@ -13,7 +13,6 @@ import torch
 
 from medverl.cli import main
 from medverl.eval.samples import write_samples
-from medverl.training.tiny_qwen import save_tiny_model
 
 pytestmark = [
     pytest.mark.gpu,
@@ -22,8 +21,7 @@ pytestmark = [
 ]
 
 
-def test_vllm_and_hf_answer_every_question_and_score_alike(tmp_path: Path) -> None:
-    model = save_tiny_model(tmp_path / "tiny")
+def test_vllm_and_hf_answer_every_question_and_score_alike(tiny_model: Path, tmp_path: Path) -> None:
     sources = write_samples(tmp_path / "sources")
     data = []
     for name in ("vqa_rad", "mmmu_hm"):  # one image per question; one to four
@@ -32,7 +30,7 @@ def test_vllm_and_hf_answer_every_question_and_score_alike(tmp_path: Path) -> No
     runs = {}
     for backend in ("vllm", "hf"):
         runs[backend] = tmp_path / f"{backend}.jsonl"
-        assert main(["eval", "run", "--model", str(model), "--data", *data, "--output", str(runs[backend]),
+        assert main(["eval", "run", "--model", str(tiny_model), "--data", *data, "--output", str(runs[backend]),
                      "--backend", backend, "--max-tokens", "8"]) == 0
         lines = [json.loads(line) for line in runs[backend].read_text().splitlines()]
         assert len(lines) == 7 and all(isinstance(p["response"], str) for p in lines)

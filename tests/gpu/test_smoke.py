@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medverl.training.tiny_qwen import save_tiny_model
+from medverl.stages import KINDS
 
 pytestmark = [
     pytest.mark.gpu,
@@ -25,12 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 STEPS = (2, 6)  # runs of both lengths: their difference is the time of the steps alone, without start-up
 # the example data is a few records: without more epochs a run stops at the end of the first, after 1-2 steps
 EPOCHS = "trainer.total_epochs=1000"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random Qwen2.5-VL the CPU pipeline trains."""
-    return save_tiny_model(tmp_path_factory.mktemp("tiny_qwen25_vl"))
+PACKING_SPEEDUP = 1.2  # packed tokens/s over padded tokens/s, at least (see the packing test)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +56,7 @@ def _sft(recipe: str, model: Path, train: str, out: Path, steps: int, packing: b
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert (out / f"global_step_{steps}" / "huggingface" / "config.json").is_file()  # hf_model for the next stage
+    assert (KINDS["sft"].checkpoint_model(out, steps) / "config.json").is_file()  # hf_model for the next stage
     return time.perf_counter() - start
 
 
@@ -85,8 +80,13 @@ def test_sequence_packing_against_padding_on_fsdp1(recipe: str, tiny_model: Path
     for packing in (True, False):
         short, long = (_sft(recipe, tiny_model, train, tmp_path / f"{packing}-{n}", n, packing) for n in STEPS)
         rates[packing] = (STEPS[1] - STEPS[0]) / max(long - short, 1e-6) * tokens
-    print(f"\n{recipe}: packed {rates[True]:,.0f} tokens/s, padded {rates[False]:,.0f} tokens/s, "
-          f"ratio {rates[True] / rates[False]:.2f}")
+    ratio = rates[True] / rates[False]
+    print(f"\n{recipe}: packed {rates[True]:,.0f} tokens/s, padded {rates[False]:,.0f} tokens/s, ratio {ratio:.2f}")
+    # Padded, a step runs one forward and backward per sample (micro-batch 1); packed, the step's two samples go in
+    # one varlen pass. The tiny model is bound by kernel launches, so packing should come near 2x on the passes;
+    # 1.2x leaves room for the per-step work both share (optimizer, logging) and for timing noise, while a ratio
+    # near 1 means packing did not engage (use_remove_padding or use_dynamic_bsz ignored).
+    assert ratio > PACKING_SPEEDUP, f"{recipe}: packing is {ratio:.2f}x padding, expected > {PACKING_SPEEDUP}x"
 
 
 def test_grpo_steps_with_vllm_rollouts(tiny_model: Path, data: Path, tmp_path: Path) -> None:
@@ -108,6 +108,6 @@ def test_grpo_steps_with_vllm_rollouts(tiny_model: Path, data: Path, tmp_path: P
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert (tmp_path / "global_step_2" / "actor" / "huggingface" / "config.json").is_file()
+    assert (KINDS["grpo"].checkpoint_model(tmp_path, 2) / "config.json").is_file()
     assert "training/rollout_actor_probs_pearson_corr" in done.stdout  # vLLM's log-probs beside the actor's
     print(f"\ngrpo with vLLM: 2 steps in {time.perf_counter() - start:.0f} s including start-up")

@@ -1,9 +1,8 @@
-"""The tiny offline Qwen-VL fixture loads through verl's own hf_processor / hf_tokenizer / RLHFDataset."""
+"""The tiny offline models of each model family load through verl's own hf_processor / hf_tokenizer / RLHFDataset."""
 
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -11,20 +10,20 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
-from medverl.training.tiny_qwen import save_tiny_processor
 from verl.utils import hf_processor, hf_tokenizer
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
-VARIANTS = {False: ("Qwen2_5_VLProcessor", 14), True: ("Qwen3VLProcessor", 16)}
+from medverl.models import family_of
+from medverl.training.tiny_model import main
+
+VARIANTS = {"qwen2.5-vl": ("Qwen2_5_VLProcessor", 14), "qwen3-vl": ("Qwen3VLProcessor", 16)}
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["qwen2_5_vl", "qwen3_vl"])
-def tiny_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[bool, str]:
-    start = time.perf_counter()
-    path = save_tiny_processor(tmp_path_factory.mktemp("tiny_vl"), qwen3=request.param)
-    assert time.perf_counter() - start < 2.0
+@pytest.fixture
+def tiny_dir(family_processor: tuple[str, Path]) -> tuple[str, str]:
+    family, path = family_processor
     assert (path / "config.json").is_file()
-    return request.param, str(path)
+    return family, str(path)
 
 
 def _png(size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -33,9 +32,10 @@ def _png(size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 3
     return buf.getvalue()
 
 
-def test_hf_processor_and_hf_tokenizer_load(tiny_dir: tuple[bool, str]) -> None:
-    qwen3, path = tiny_dir
-    cls_name, patch_size = VARIANTS[qwen3]
+def test_hf_processor_and_hf_tokenizer_load(tiny_dir: tuple[str, str]) -> None:
+    family, path = tiny_dir
+    cls_name, patch_size = VARIANTS[family]
+    assert family_of(path).name == family
     processor = hf_processor(path)
     assert processor is not None, "verl's hf_processor fell back to None (text-only)"
     assert type(processor).__name__ == cls_name
@@ -49,8 +49,8 @@ def test_hf_processor_and_hf_tokenizer_load(tiny_dir: tuple[bool, str]) -> None:
     assert processor.config.text_config.vocab_size == len(tokenizer)
 
 
-def test_processor_expands_image_pad_tokens(tiny_dir: tuple[bool, str]) -> None:
-    qwen3, path = tiny_dir
+def test_processor_expands_image_pad_tokens(tiny_dir: tuple[str, str]) -> None:
+    family, path = tiny_dir
     processor = hf_processor(path)
     image = Image.new("RGB", (64, 48), (10, 120, 200))
     messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What is shown?"}]}]
@@ -64,7 +64,7 @@ def test_processor_expands_image_pad_tokens(tiny_dir: tuple[bool, str]) -> None:
     expected = int(grid[0].prod()) // merge**2
     image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert int((inputs["input_ids"][0] == image_pad).sum()) == expected > 0
-    patch = VARIANTS[qwen3][1]
+    patch = VARIANTS[family][1]
     assert inputs["pixel_values"].shape == (int(grid[0].prod()), 3 * 2 * patch * patch)
 
     # The mRoPE function verl bound from the model class works with the tiny config (as the agent loop calls it).
@@ -77,7 +77,7 @@ def test_processor_expands_image_pad_tokens(tiny_dir: tuple[bool, str]) -> None:
     assert position_ids.shape == (3, 1, inputs["input_ids"].shape[1])
 
 
-def test_rlhf_dataset_loads_image_and_text_only_rows(tiny_dir: tuple[bool, str], tmp_path: Path) -> None:
+def test_rlhf_dataset_loads_image_and_text_only_rows(tiny_dir: tuple[str, str], tmp_path: Path) -> None:
     _, path = tiny_dir
     rows = [
         {
@@ -125,3 +125,10 @@ def test_rlhf_dataset_loads_image_and_text_only_rows(tiny_dir: tuple[bool, str],
     second = dataset[1]
     assert second["raw_prompt"][0]["content"] == "Name the imaging plane of an axial CT."
     assert second["index"] == 1
+
+
+def test_the_command_writes_a_model_of_the_family(tmp_path: Path, capsys) -> None:
+    main([str(tmp_path / "model"), "--family", "qwen3-vl", "--seed", "1"])
+    assert capsys.readouterr().out.strip() == str(tmp_path / "model")
+    assert family_of(tmp_path / "model").name == "qwen3-vl"
+    assert (tmp_path / "model" / "model.safetensors").is_file()

@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image
 
-from medverl.arguments import EXIT_NOTHING_USABLE, EXIT_OK, add_reward_options, positive_int, reward_kwargs
-from medverl.data.converters import IMAGE_PLACEHOLDER
-from medverl.data.prepared import Prepared, check_reward_options, open_prepared
-from medverl.data.schemas import KINDS
+from medverl.arguments import EXIT_NOTHING_USABLE, EXIT_OK, positive_int
+from medverl.data.prepared import Prepared, open_prepared
+from medverl.data.references import check_reward_options
+from medverl.data.schemas import IMAGE_PLACEHOLDER, KINDS
 from medverl.errors import ConfigError
+from medverl.rewards.options import add_reward_options, reward_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def _check_rows(prepared: Prepared, report: ValidationReport) -> None:
         report.problems.append(f"manifest says {report.manifest_written} rows were written, shards hold {report.rows}")
 
 
-def _rl_through_verl(shards: list[Path], model_dir: str, max_prompt_length: int, report: ValidationReport) -> None:
+def _rl_through_verl(prepared: Prepared, model_dir: str, max_prompt_length: int, report: ValidationReport) -> None:
     from omegaconf import OmegaConf
     from verl.utils import hf_processor, hf_tokenizer
     from verl.utils.dataset.rl_dataset import RLHFDataset
@@ -105,13 +105,13 @@ def _rl_through_verl(shards: list[Path], model_dir: str, max_prompt_length: int,
     config = OmegaConf.create(
         {"max_prompt_length": max_prompt_length, "filter_overlong_prompts": True,
          "filter_overlong_prompts_workers": None,  # in-process: a forked pool can deadlock under threads
-         "cache_dir": str(shards[0].parent / ".verl_cache")}
+         "cache_dir": str(prepared.directory / ".verl_cache")}
     )
-    dataset = RLHFDataset([str(s) for s in shards], tokenizer, config, processor)
+    dataset = RLHFDataset([str(s) for s in prepared.shards], tokenizer, config, processor)
     report.kept_by_verl = len(dataset)
     kept = {row["index"] for row in dataset.dataframe["extra_info"]}
-    for shard in shards:
-        for info in pq.read_table(shard, columns=["extra_info"]).column("extra_info").to_pylist():
+    for shard, rows in prepared.batches(["extra_info"]):
+        for info in (row["extra_info"] for row in rows):
             if info["index"] not in kept:
                 report.problems.append(
                     f"{shard.name} index {info['index']} ({info['source']}): dropped by verl's RLHFDataset "
@@ -130,7 +130,7 @@ def _rl_through_verl(shards: list[Path], model_dir: str, max_prompt_length: int,
         report.token_lengths.append(int(inputs["input_ids"].shape[-1]))
 
 
-def _sft_trainer_dataset(shards: list[Path], kind: str, model_dir: str, max_length: int, report: ValidationReport) -> None:
+def _sft_trainer_dataset(prepared: Prepared, model_dir: str, max_length: int, report: ValidationReport) -> None:
     """Every row through the dataset class verl's SFT trainer would use: MultiTurnSFTDataset, or CPTDataset."""
     from omegaconf import OmegaConf
     from verl.utils import hf_processor, hf_tokenizer
@@ -140,8 +140,8 @@ def _sft_trainer_dataset(shards: list[Path], kind: str, model_dir: str, max_leng
 
     tokenizer, processor = hf_tokenizer(model_dir), hf_processor(model_dir)
     config = OmegaConf.create({"max_length": max_length, "truncation": "error", "pad_mode": "no_padding"})
-    dataset_cls = CPTDataset if kind == "cpt" else MultiTurnSFTDataset
-    dataset = dataset_cls([str(s) for s in shards], tokenizer, config, processor)
+    dataset_cls = CPTDataset if prepared.kind == "cpt" else MultiTurnSFTDataset
+    dataset = dataset_cls([str(s) for s in prepared.shards], tokenizer, config, processor)
     kept = 0
     for i in range(len(dataset)):
         try:
@@ -185,12 +185,11 @@ def validate(
     if prepared.kind == "rl":
         report.problems += check_reward_options(prepared.manifest, reward_kwargs or {})
     _check_rows(prepared, report)
-    shards = prepared.shards
-    if shards and model_dir is not None:
+    if prepared.shards and model_dir is not None:
         if prepared.kind == "rl":
-            _rl_through_verl(shards, model_dir, max_length, report)
+            _rl_through_verl(prepared, model_dir, max_length, report)
         else:
-            _sft_trainer_dataset(shards, prepared.kind, model_dir, max_length, report)
+            _sft_trainer_dataset(prepared, model_dir, max_length, report)
         if report.kept_by_verl is not None and report.kept_by_verl != report.rows:
             report.problems.insert(0, f"verl keeps {report.kept_by_verl} of {report.rows} rows")
     return report

@@ -1,0 +1,190 @@
+"""The report of ``medverl eval score``: metrics per benchmark, the seed's table (markdown, CSV, a bar chart) and the
+per-sample JSONL."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+
+from medverl.eval import medevalkit
+from medverl.eval.benchmarks import BENCHMARKS, PUBLISHED
+from medverl.eval.judge import judged_counts
+from medverl.eval.scoring import NO_PREDICTION, SampleScore
+
+SAMPLES, REPORT = "samples.jsonl", "report.md"
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def benchmark_metrics(scores: list[SampleScore]) -> dict[str, dict]:
+    """Per benchmark: n, acc, closed and open counts and accuracy, open token recall and F1, parse failures."""
+    by_source: dict[str, list[SampleScore]] = defaultdict(list)
+    for s in scores:
+        by_source[s.data_source].append(s)
+    metrics = {}
+    order = list(BENCHMARKS)
+    for source, items in sorted(by_source.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else 99, kv[0])):
+        closed = [s for s in items if s.answer_type == "closed"]
+        opened = [s for s in items if s.answer_type == "open"]
+        if len(closed) + len(opened) != len(items):  # every question is open or closed, once
+            raise RuntimeError(f"{source}: {len(closed)} closed + {len(opened)} open != {len(items)} questions")
+        metrics[source] = {
+            "n": len(items), "acc": _mean([s.acc for s in items]),
+            "closed_n": len(closed), "closed_acc": _mean([s.acc for s in closed]),
+            "open_n": len(opened), "open_acc": _mean([s.acc for s in opened]),
+            "open_recall": _mean([s.recall for s in opened]), "open_f1": _mean([s.f1 for s in opened]),
+            "parse_failures": sum(s.parse_failure for s in items),
+            "missing": sum(s.reason == NO_PREDICTION for s in items),
+            **judged_counts(items),
+        }
+        compat_open = [s.medevalkit_open for s in items if s.medevalkit_open is not None]
+        if compat_open:  # --compat medevalkit: its open-question BLEU / ROUGE / F1, as its cal_metrics averages them
+            metrics[source]["medevalkit_open"] = medevalkit.aggregate_open_metrics(compat_open)
+    return metrics
+
+
+def group_metrics(scores: list[SampleScore], key: str) -> dict[tuple[str, str], dict]:
+    """Accuracy per (benchmark, value of meta[key]) for the questions that have it (language, modality, ...)."""
+    groups: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for s in scores:
+        if key in s.meta:
+            groups[(s.data_source, str(s.meta[key]))].append(s.acc)
+    return {k: {"n": len(v), "acc": sum(v) / len(v)} for k, v in sorted(groups.items())}
+
+
+PUBLISHED_SUFFIX = " (published)"
+
+
+def _row(name: str, values: list[float | None], sign: bool = False) -> list[str]:
+    known = [v for v in values if v is not None]
+    average = sum(known) / len(known) if known and len(known) == len(values) else None
+    cell = "{:+.1f}" if sign else "{:.1f}"
+    return [name, *(cell.format(v) if v is not None else "-" for v in [*values, average])]
+
+
+def seed_table(
+    per_model: dict[str, dict[str, dict]], published: Mapping[str, Mapping[str, float]] = PUBLISHED,
+) -> tuple[list[str], list[list[str]]]:
+    """The seed's layout: one row per model, the benchmarks in the seed's order, then the average (accuracy %).
+
+    The published rows (labelled "(published)") come first, for the benchmarks that were scored; then each run;
+    then, per run and published row, the difference in points (run minus published).
+    """
+    present = [b for b in BENCHMARKS if any(b in m for m in per_model.values())]
+    header = ["Model", *(BENCHMARKS[b] for b in present), "Avg."]
+    reference = {name + PUBLISHED_SUFFIX: [values.get(b) for b in present] for name, values in published.items()}
+    runs = {model: [100 * metrics[b]["acc"] if b in metrics else None for b in present]
+            for model, metrics in per_model.items()}
+    rows = [_row(name, values) for name, values in {**reference, **runs}.items()]
+    for model, values in runs.items():
+        for name, ref in reference.items():
+            rows.append(_row(f"{model} − {name}", [None if v is None or r is None else v - r
+                                                   for v, r in zip(values, ref, strict=True)], sign=True))
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+def csv_table(header: list[str], rows: list[list[str]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
+    return buffer.getvalue()
+
+
+def bar_chart(header: list[str], rows: list[list[str]], path: Path) -> None:
+    """Grouped bars: accuracy per benchmark (and the average) for each model, as a PNG; published rows hatched."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = header[1:]
+    rows = [r for r in rows if " − " not in r[0]]  # the differences are read in the tables
+    width = 0.8 / max(len(rows), 1)
+    figure, axes = plt.subplots(figsize=(max(6, 1.3 * len(columns)), 4), dpi=120)
+    for i, row in enumerate(rows):
+        values = [float(v) if v != "-" else 0.0 for v in row[1:]]
+        published = row[0].endswith(PUBLISHED_SUFFIX)
+        axes.bar([c + i * width for c in range(len(columns))], values, width, label=row[0],
+                 hatch="//" if published else None, alpha=0.6 if published else 1.0)
+    axes.set_xticks([c + width * (len(rows) - 1) / 2 for c in range(len(columns))], columns, rotation=20)
+    axes.set_ylabel("accuracy (%)")
+    axes.set_ylim(0, 100)
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def _medevalkit_open_lines(metrics: Mapping[str, dict]) -> list[str]:
+    """The report's table of MedEvalKit's open-question metrics (``--compat medevalkit`` only)."""
+    rows = {source: m["medevalkit_open"] for source, m in metrics.items() if "medevalkit_open" in m}
+    if not rows:
+        return []
+    keys = medevalkit.OPEN_METRIC_KEYS
+    lines = ["", "MedEvalKit's open-question metrics (utils/utils.py judge_open_end_vqa, averaged as its cal_metrics "
+             "does; fractions). Its labels are kept: \"precision\" holds the token F1, \"recall\" the precision and "
+             "\"f1\" the recall. Where MedEvalKit raises on some answer (an empty one fails its ROUGE), it writes no "
+             "metrics for the benchmark: the cells are \"-\" and the raises are counted.", "",
+             "| benchmark | open n | " + " | ".join(keys) + " | raises |", "|---|" + "---:|" * (len(keys) + 2)]
+    for source, m in rows.items():
+        cells = ["-" if m[k] is None else f"{m[k]:.4f}" for k in keys]
+        lines.append(f"| {source} | {m['total']} | " + " | ".join(cells) + f" | {m['errors']} |")
+    return lines
+
+
+def write_report(runs: dict[str, list[SampleScore]], output: str | Path) -> dict[str, dict[str, dict]]:
+    """Per-sample JSONL, metrics JSON, the seed table (markdown and CSV) and the bar chart, in `output`."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    per_model = {model: benchmark_metrics(scores) for model, scores in runs.items()}
+    with (output / SAMPLES).open("w", encoding="utf-8") as f:
+        for scores in runs.values():
+            for s in scores:
+                record = asdict(s)
+                if record["medevalkit_open"] is None:  # only --compat medevalkit's open questions carry it
+                    del record["medevalkit_open"]
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    header, rows = seed_table(per_model)
+    lines = ["# Medical benchmarks", "", markdown_table(header, rows)]
+    for model, metrics in per_model.items():
+        lines += [f"## {model}", "", "| benchmark | n | acc | closed n | closed acc | open n | open acc | open recall "
+                  "| open F1 | parse failures | missing |", "|---|" + "---:|" * 10]
+        for source, m in metrics.items():
+            cells = [m["n"], m["acc"], m["closed_n"], m["closed_acc"], m["open_n"], m["open_acc"], m["open_recall"],
+                     m["open_f1"], m["parse_failures"], m["missing"]]
+            lines.append(f"| {source} | " + " | ".join(
+                "-" if c is None else f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells) + " |")
+        judged = {source: m for source, m in metrics.items() if m["judged"] or m["judge_failures"]}
+        if judged:
+            lines += ["", "LLM judge on the open answers (a failed call scores 0 and is counted here, apart from "
+                      "wrong answers; a run given this run's --judge-cache asks only for these):", "",
+                      "| benchmark | judged | judge failures |", "|---|---:|---:|"]
+            lines += [f"| {b} | {m['judged']} | {m['judge_failures']} |" for b, m in judged.items()]
+        lines += _medevalkit_open_lines(metrics)
+        for key in ("language", "question_type", "modality"):
+            groups = group_metrics(runs[model], key)
+            if groups:
+                lines += ["", f"by {key}:", "", f"| benchmark | {key} | n | acc |", "|---|---|---:|---:|"]
+                lines += [f"| {b} | {v} | {g['n']} | {g['acc']:.3f} |" for (b, v), g in groups.items()]
+        lines.append("")
+    (output / REPORT).write_text("\n".join(lines), encoding="utf-8")
+    (output / "table.csv").write_text(csv_table(header, rows), encoding="utf-8")
+    (output / "table.md").write_text(
+        "Accuracy (%). Rows marked (published) are the seed's table, measured with MedEvalKit; a row \"A − B\" is "
+        "run A minus B in points.\n\n" + markdown_table(header, rows), encoding="utf-8")
+    (output / "metrics.json").write_text(json.dumps(per_model, indent=2), encoding="utf-8")
+    bar_chart(header, rows, output / "table.png")
+    return per_model
+
+
