@@ -23,6 +23,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return "".join(indent + line for line in text.splitlines(keepends=True))
 
 
+MAX_INT = 2**63 - 1  # what an int64 column or a C long holds
+
+
 def _integer(value: str, minimum: int, wanted: str) -> int:
     try:
         number = int(value)
@@ -30,6 +33,8 @@ def _integer(value: str, minimum: int, wanted: str) -> int:
         number = minimum - 1
     if number < minimum:
         raise argparse.ArgumentTypeError(f"must be {wanted}, got {value!r}")
+    if number > MAX_INT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_INT}, got {value}")
     return number
 
 
@@ -43,7 +48,8 @@ def non_negative_int(value: str) -> int:
     return _integer(value, 0, "an integer of 0 or more")
 
 
-def _finite(value: str) -> float:
+def finite_float(value: str) -> float:
+    """An argparse type: a finite number (no NaN or infinity)."""
     try:
         number = float(value)
     except ValueError:
@@ -55,7 +61,7 @@ def _finite(value: str) -> float:
 
 def positive_float(value: str) -> float:
     """An argparse type: a finite number above 0 (seconds, sizes)."""
-    number = _finite(value)
+    number = finite_float(value)
     if number <= 0:
         raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
     return number
@@ -63,7 +69,7 @@ def positive_float(value: str) -> float:
 
 def unit_float(value: str) -> float:
     """An argparse type: a finite number in [0, 1] (thresholds, weights)."""
-    number = _finite(value)
+    number = finite_float(value)
     if not 0 <= number <= 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
     return number

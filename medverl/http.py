@@ -17,6 +17,7 @@ import os
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -31,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 # A verdict is a few hundred bytes; a reply this large is not one (and is not read further).
 DEFAULT_MAX_REPLY_BYTES = 1 << 20
+# Upper bounds of the judge's options: past them a value is a typo (and a wait past a day overflows a timer).
+MAX_TIMEOUT_S, MAX_RETRIES, MAX_CONCURRENCY = 86400.0, 100, 1024
+MAX_BACKOFF_S = 60.0
 API_KEY_VARIABLE = "OPENAI_API_KEY"
 
 
@@ -72,7 +76,44 @@ def reply_object(content: object) -> dict:
                               ) from None
     if not isinstance(verdict, dict):
         raise JudgeReplyError("not a JSON object")
+    try:  # a lone surrogate (a "\\ud800" escape) could be neither stored nor written out as UTF-8
+        json.dumps(verdict, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise JudgeReplyError("the reply holds a lone surrogate (invalid Unicode)") from None
+    except RecursionError:
+        raise JudgeReplyError("not usable JSON: nested too deeply") from None
     return verdict
+
+
+# What a reply may be compressed with: each is inflated here, a bounded piece at a time (an inflating reply is never
+# held whole in memory past the reply cap, however far it would inflate).
+_CONTENT_CODINGS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
+ACCEPT_ENCODING = "gzip, deflate"
+
+
+class _BoundedDecoder:
+    """A reply body's content coding undone, refusing output past `cap` bytes."""
+
+    def __init__(self, content_encoding: str, cap: int) -> None:
+        codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip().lower() not in ("", "identity")]
+        if len(codings) > 1:
+            raise JudgeReplyError(f"the reply is encoded more than once ({content_encoding}); one coding is read")
+        if codings and codings[0] not in _CONTENT_CODINGS:
+            raise JudgeReplyError(f"the reply's content encoding {codings[0]!r} is not one of {ACCEPT_ENCODING}")
+        self._inflate = zlib.decompressobj(_CONTENT_CODINGS[codings[0]]) if codings else None
+        self.cap, self.size = cap, 0
+
+    def decode(self, data: bytes) -> bytes:
+        if self._inflate is not None:
+            try:
+                data = self._inflate.decompress(data, self.cap - self.size + 1)
+            except zlib.error as exc:
+                raise JudgeReplyError(f"the reply does not decompress: {exc}") from None
+        self.size += len(data)
+        if self.size > self.cap:
+            raise JudgeReplyError(f"the reply is over the cap of {self.cap} bytes"
+                                  + (" once decompressed" if self._inflate is not None else ""))
+        return data
 
 
 _MIME_SIGNATURES = ((b"\x89PNG", "png"), (b"\xff\xd8\xff", "jpeg"), (b"GIF8", "gif"), (b"BM", "bmp"),
@@ -115,12 +156,13 @@ class JudgeConfig:
     max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
 
     def __post_init__(self) -> None:
-        if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
-            raise ValueError(f"the judge timeout must be a positive number of seconds, got {self.timeout_s}")
-        if self.retries < 0:
-            raise ValueError(f"the judge retries must be 0 or more, got {self.retries}")
-        if self.concurrency < 1:
-            raise ValueError(f"the judge concurrency must be 1 or more, got {self.concurrency}")
+        if not (0 < self.timeout_s <= MAX_TIMEOUT_S and math.isfinite(self.timeout_s)):
+            raise ValueError(f"the judge timeout must be a positive number of seconds up to {MAX_TIMEOUT_S:g}, got "
+                             f"{self.timeout_s}")
+        if not 0 <= self.retries <= MAX_RETRIES:
+            raise ValueError(f"the judge retries must be 0 to {MAX_RETRIES}, got {self.retries}")
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise ValueError(f"the judge concurrency must be 1 to {MAX_CONCURRENCY}, got {self.concurrency}")
 
 
 _OPTIONS = [f for f in fields(JudgeConfig) if "flag" in f.metadata]
@@ -171,19 +213,57 @@ def judge_config(args: argparse.Namespace) -> JudgeConfig | None:
         raise ConfigError(str(exc)) from None
 
 
-class VerdictCache:
-    """Verdicts by key in one SQLite file, safe across the judge's threads."""
+def _open_cache(path: Path, timeout_s: float) -> sqlite3.Connection:
+    """A cache database, its table made and read once; raises :class:`sqlite3.Error` or :class:`OSError`."""
+    if path.exists() and not path.is_file():
+        raise OSError(f"it is a {'directory' if path.is_dir() else 'special file'}, not a file")
+    db = sqlite3.connect(str(path), timeout=timeout_s, check_same_thread=False)
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, verdict TEXT)")
+        db.execute("SELECT key, verdict FROM verdicts LIMIT 1").fetchall()
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
 
-    def __init__(self, path: str | Path, parse: Callable[[object], dict]) -> None:
-        self._parse = parse  # what a valid verdict is
-        self._db = sqlite3.connect(str(path), check_same_thread=False)
-        self._db.execute("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, verdict TEXT)")
+
+class VerdictCache:
+    """Verdicts by key in one SQLite file, safe across the judge's threads.
+
+    A verdict that cannot be written to it (a read-only, locked or full cache) is written to `fallback` instead,
+    and kept in memory either way: a verdict paid for is never asked again in this run, and :meth:`unsaved` says
+    where it went.
+
+    Raises:
+        ConfigError: the file cannot be used as a cache (not a SQLite file, a directory, locked by another process).
+    """
+
+    def __init__(self, path: str | Path, parse: Callable[[object], dict], fallback: str | Path | None = None,
+                 timeout_s: float = 5.0) -> None:
+        self.path, self._parse, self._timeout_s = Path(path), parse, timeout_s  # parse: what a valid verdict is
+        self.fallback = Path(fallback) if fallback is not None else None
+        try:
+            self._db = _open_cache(self.path, timeout_s)
+        except (sqlite3.Error, OSError) as exc:
+            hint = ("another process holds it: wait for it, or give another --judge-cache" if "locked" in str(exc)
+                    else "move it away, or give another --judge-cache")
+            raise ConfigError(f"the judge cache {self.path} cannot be used ({exc}); {hint}") from None
+        self._spare: sqlite3.Connection | None = None
+        self._memory: dict[str, dict] = {}
+        self._failure = ""  # why the cache took no more writes
+        self._kept_aside = 0
         self._lock = threading.Lock()
 
     def get(self, key: str) -> dict | None:
         """The cached verdict, or None (also for an entry that is not a valid verdict: it is asked again)."""
         with self._lock:
-            row = self._db.execute("SELECT verdict FROM verdicts WHERE key = ?", (key,)).fetchone()
+            if key in self._memory:
+                return self._memory[key]
+            try:
+                row = self._db.execute("SELECT verdict FROM verdicts WHERE key = ?", (key,)).fetchone()
+            except sqlite3.Error as exc:
+                logger.warning("judge cache %s could not be read (%s); asking the judge", self.path, exc)
+                return None
         if row is None:
             return None
         try:
@@ -192,9 +272,62 @@ class VerdictCache:
             return None
 
     def put(self, key: str, verdict: dict) -> None:
+        """Keep a verdict: in the cache, else in the fallback file, and in memory for the rest of the run."""
+        row = (key, json.dumps(verdict))
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO verdicts VALUES (?, ?)", (key, json.dumps(verdict)))
-            self._db.commit()
+            self._memory[key] = verdict
+            if not self._failure:
+                try:
+                    self._db.execute("INSERT OR REPLACE INTO verdicts VALUES (?, ?)", row)
+                    self._db.commit()
+                    return
+                except sqlite3.Error as exc:
+                    self._failure = str(exc)
+                    self._rollback(self._db)
+                    logger.warning("judge cache %s takes no more verdicts (%s); keeping them in %s", self.path, exc,
+                                   self.fallback or "memory")
+                    self._spare = self._open_spare()
+            self._kept_aside += 1
+            if self._spare is not None:
+                try:
+                    self._spare.execute("INSERT OR REPLACE INTO verdicts VALUES (?, ?)", row)
+                    self._spare.commit()
+                except sqlite3.Error as exc:
+                    logger.warning("judge verdicts cannot be written to %s either (%s); they are kept in memory "
+                                   "for this run", self.fallback, exc)
+                    self._rollback(self._spare)
+                    self._spare.close()
+                    self._spare = None
+
+    def _open_spare(self) -> sqlite3.Connection | None:
+        if self.fallback is None or self.fallback.resolve() == self.path.resolve():
+            return None
+        try:
+            return _open_cache(self.fallback, self._timeout_s)
+        except (sqlite3.Error, OSError) as exc:
+            logger.warning("judge verdicts cannot be written to %s either (%s); they are kept in memory for this "
+                           "run", self.fallback, exc)
+            return None
+
+    @staticmethod
+    def _rollback(db: sqlite3.Connection) -> None:
+        try:
+            db.rollback()
+        except sqlite3.Error:
+            pass
+
+    def unsaved(self) -> str:
+        """Where the verdicts the cache did not take are, in a sentence; empty when it took them all."""
+        if not self._kept_aside:
+            return ""
+        where = (f"they are in {self.fallback}: give it as --judge-cache to reuse them" if self._spare is not None
+                 else "they were kept only for this run (its output holds them)")
+        return f"{self._kept_aside} judge verdict(s) could not be written to {self.path} ({self._failure}); {where}"
+
+    def close(self) -> None:
+        for db in (self._db, self._spare):
+            if db is not None:
+                db.close()
 
 
 @dataclass
@@ -215,15 +348,17 @@ class Judge:
         version: the prompt's name, part of every cache key (a new prompt asks again).
         parse: the reply's content to a verdict; raises :class:`JudgeReplyError` for a reply that is not one.
         cache_path: the SQLite file of cached verdicts.
+        fallback_path: where verdicts go when the cache takes no writes (see :class:`VerdictCache`).
     """
 
     def __init__(self, config: JudgeConfig, prompt: str, version: str, parse: Callable[[object], dict],
-                 cache_path: str | Path) -> None:
+                 cache_path: str | Path, fallback_path: str | Path | None = None) -> None:
         self.config, self.prompt, self.version, self.parse = config, prompt, version, parse
-        self.cache = VerdictCache(cache_path, parse)
+        self.cache = VerdictCache(cache_path, parse, fallback_path)
         self._slots = threading.BoundedSemaphore(config.concurrency)
         self._client = httpx.Client(base_url=config.base_url.rstrip("/"), timeout=config.timeout_s,
-                                    headers={"Authorization": f"Bearer {config.api_key}"},
+                                    headers={"Authorization": f"Bearer {config.api_key}",
+                                             "Accept-Encoding": ACCEPT_ENCODING},
                                     limits=httpx.Limits(max_connections=config.concurrency))
         # twice the calls in flight: room for requests left running past their deadline
         self._calls = ThreadPoolExecutor(2 * config.concurrency, thread_name_prefix="judge-call")
@@ -246,7 +381,7 @@ class Judge:
         error = ""
         for attempt in range(self.config.retries + 1):
             if attempt:
-                time.sleep(self.config.backoff_s * 2 ** (attempt - 1))
+                time.sleep(min(self.config.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S))
             try:
                 with self._slots:
                     status, payload = self._post(body)
@@ -286,12 +421,13 @@ class Judge:
             length = reply.headers.get("content-length", "")
             if length.isdigit() and int(length) > cap:
                 raise JudgeReplyError(f"the reply of {length} bytes is over the cap of {cap}")
+            decoder = _BoundedDecoder(reply.headers.get("content-encoding", ""), cap)
             chunks, size = [], 0
-            for chunk in reply.iter_bytes():  # decoded: a compressed bomb is capped as it inflates
-                chunks.append(chunk)
+            for chunk in reply.iter_raw():  # as sent: inflated here, within the cap
                 size += len(chunk)
                 if size > cap:
                     raise JudgeReplyError(f"the reply is over the cap of {cap} bytes")
+                chunks.append(decoder.decode(chunk))
                 if time.monotonic() > deadline:
                     raise JudgeReplyError(f"the reply took longer than the call's {self.config.timeout_s:g} s")
             return reply.status_code, b"".join(chunks)
@@ -304,7 +440,9 @@ class Judge:
             status, payload = self._post({}, "/models", "GET")
             if status == 200:
                 listing = json.loads(payload)
-                served = [m.get("id") for m in listing.get("data", []) if isinstance(m, dict)]
+                if not isinstance(listing, dict) or not isinstance(listing.get("data"), list):
+                    raise JudgeReplyError("its /models reply is not a model list (an object with a list 'data')")
+                served = [m.get("id") for m in listing["data"] if isinstance(m, dict)]
                 if served and self.config.model not in served:
                     raise ConfigError(f"{where} does not serve --judge-model {self.config.model!r}; it serves "
                                       f"{', '.join(map(str, served[:20]))}")
@@ -322,5 +460,9 @@ class Judge:
             raise ConfigError(f"{where} is unreachable or not OpenAI-compatible: {type(exc).__name__}: {exc}") from None
 
     def close(self) -> None:
+        """End the calls; says (a warning) where verdicts the cache could not take are."""
         self._calls.shutdown(wait=False, cancel_futures=True)
         self._client.close()
+        if unsaved := self.cache.unsaved():
+            logger.warning("%s", unsaved)
+        self.cache.close()

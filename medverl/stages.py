@@ -45,6 +45,9 @@ _PPO_CPU = (
     "actor_rollout_ref.actor.fsdp_config.use_torch_compile=false",
     "actor_rollout_ref.ref.fsdp_config.use_torch_compile=false",
     "+ray_kwargs.ray_init.num_gpus=${trainer.n_gpus_per_node}",  # trainer processes take Ray "GPU"s: logical ones
+    # one machine: Ray's node (and TransferQueue's sockets, bound to its address) on the loopback interface
+    "+ray_kwargs.ray_init._node_ip_address=127.0.0.1",
+    "+ray_kwargs.ray_init.include_dashboard=false",
     "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
     "actor_rollout_ref.rollout.agent.num_workers=1",
     "data.dataloader_num_workers=0",

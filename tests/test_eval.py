@@ -59,7 +59,7 @@ def test_every_benchmark_converts_with_query_type_and_meta(prepared: dict[str, P
     slake = json.loads((prepared["slake"] / "manifest.json").read_text())
     assert slake["rejected_by_reason"] == {"image_not_found": 1}
     reject = json.loads((prepared["slake"] / "rejects.jsonl").read_text())
-    assert reject["source"] == "slake.jsonl:6" and "xmlab9" in reject["reason"]
+    assert reject["source"] == "slake:6" and "xmlab9" in reject["reason"]
 
 
 def _rows(directory: Path) -> list[dict]:
@@ -170,10 +170,13 @@ def test_scores_tables_and_chart(prepared: dict[str, Path], tmp_path: Path) -> N
     assert table[0] == "Model,MMMU-H&M,VQA-RAD,SLAKE,PathVQA,PMC-VQA,OmniMedVQA,MedXpertQA,Avg."
     assert table[1:3] == ["Qwen3-VL-4B (published),50.7,59.2,71.9,42.3,50.7,78.0,22.8,53.7",
                           "InfiMed2-4B (published),52.3,62.1,82.8,62.1,59.4,83.0,23.1,60.7"]
-    assert table[3] == "medverl,100.0,100.0,100.0,100.0,100.0,100.0,100.0,100.0"
-    assert table[6] == "medverl − InfiMed2-4B (published),+47.7,+37.9,+17.2,+37.9,+40.6,+17.0,+76.9,+39.3"
+    # a few questions each: samples (*), never set against the published full-benchmark numbers (OmniMedVQA's
+    # size is not recorded)
+    assert table[3] == "medverl,100.0*,100.0*,100.0*,100.0*,100.0*,100.0,100.0*,100.0*"
+    assert table[6] == "medverl − InfiMed2-4B (published),-,-,-,-,-,+17.0,-,-"
     assert len(table) == 1 + 2 + 2 + 4  # published, runs, each run against each published row
     assert "| InfiMed2-4B (published) | 52.3 | 62.1 |" in (out / "table.md").read_text()
+    assert "*: scored on a sample" in (out / "table.md").read_text()
     report = (out / "report.md").read_text()
     assert "| Model | MMMU-H&M | VQA-RAD |" in report and "by language:" in report and "| slake | zh | 2 | 1.000 |" in report
     chart = Image.open(out / "table.png")
@@ -360,3 +363,15 @@ def test_score_and_eval_score_count_the_same_parse_failures(prepared: dict[str, 
     assert counted == {"slake": 3, "pmc_vqa": 1}
     assert {source: metrics[source]["parse_failures"] for source in counted} == counted
     assert metrics["slake"]["missing"] == 1
+
+
+def test_only_a_full_benchmark_is_set_against_the_published_number() -> None:
+    from medverl.eval.report import seed_table
+
+    full, sample = {"acc": 0.6, "n": 451}, {"acc": 0.9, "n": 450}
+    header, rows = seed_table({"full": {"vqa_rad": full}, "sample": {"vqa_rad": sample}})
+    assert header == ["Model", "VQA-RAD", "Avg."]
+    table = {row[0]: row[1:] for row in rows}
+    assert table["full"] == ["60.0", "60.0"] and table["sample"] == ["90.0*", "90.0*"]
+    assert table["full − Qwen3-VL-4B (published)"] == ["+0.8", "+0.8"]
+    assert table["sample − Qwen3-VL-4B (published)"] == ["-", "-"]

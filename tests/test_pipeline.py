@@ -112,7 +112,7 @@ def test_dry_run_prints_the_exact_commands(workdir: Path, capsys) -> None:
     assert list(commands) == ["cpt", "sft1", "grpo"] and not _calls(workdir)
     output = workdir / "runs" / "test"
     cpt = commands["cpt"]
-    assert cpt[:7] == [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=1",
+    assert cpt[:7] == [sys.executable, "-m", "medverl.training.launch", "--nnodes=1", "--nproc_per_node=1",
                        "--standalone", "-m"]
     assert cpt[7] == "verl.trainer.sft_trainer" and cpt[cpt.index("--config-name") + 1] == "cpt"
     assert f"data.train_files=['{workdir}/data/cpt/part-00000.parquet']" in cpt
@@ -159,7 +159,7 @@ def test_cpu_runs_the_same_entry_points_with_the_cpu_overrides(workdir: Path, ca
     assert main(["pipeline", str(_config(workdir, launchers={})), "--dry-run", "--cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
     commands = {line.split("] ", 1)[0][1:]: shlex.split(line.split("] ", 1)[1]) for line in lines}
-    assert commands["cpt"][2:4] == ["torch.distributed.run", "--nnodes=1"]
+    assert commands["cpt"][2:4] == ["medverl.training.launch", "--nnodes=1"]
     sft_cpu, ppo_cpu = KINDS["cpt"].cpu_arguments(), KINDS["grpo"].cpu_arguments()
     assert commands["cpt"][-len(sft_cpu):] == list(sft_cpu)
     assert commands["grpo"][1:3] == ["-m", "verl.trainer.main_ppo"]
@@ -405,3 +405,45 @@ def test_a_cpu_pipeline_starts_under_a_2_gib_address_space_limit(workdir: Path) 
                            "--dry-run"], capture_output=True, text=True, preexec_fn=limit, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert [line.split("]")[0] for line in done.stdout.splitlines()] == ["[cpt", "[sft1", "[grpo"]
+
+
+RANK_LISTENERS = r'''
+import json, os, sys
+import torch.distributed as dist
+from listeners import listening, process_tree
+dist.init_process_group("gloo")
+dist.barrier()  # every rank's sockets are up
+if dist.get_rank() == 0:
+    print("LISTENING", json.dumps(sorted(listening(process_tree(os.getppid())))))
+dist.barrier()
+dist.destroy_process_group()
+'''
+
+
+def test_a_one_machine_run_listens_on_the_loopback_interface_only(tmp_path: Path) -> None:
+    """torchrun's rendezvous stores (every interface with plain torchrun) and gloo's pairs, as the pipeline starts
+    an SFT-trainer stage on one CPU machine."""
+    (tmp_path / "ranks.py").write_text(RANK_LISTENERS)
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": f"{REPO / 'tests'}:{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run([sys.executable, "-m", "medverl.training.launch", "--standalone", "--nproc_per_node=2",
+                           str(tmp_path / "ranks.py")], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from listeners import exposed
+
+    pairs = {tuple(p) for p in json.loads(done.stdout.split("LISTENING", 1)[1].splitlines()[0])}
+    assert len(pairs) >= 3 and not exposed(pairs)  # the store and each rank's gloo pair, all on 127.0.0.1
+
+
+def test_a_one_machine_grpo_stage_gets_a_fresh_ray_token(workdir: Path, monkeypatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    pipeline = dataclasses.replace(Pipeline.load(_config(workdir)), device="cpu")
+    first, second = (pipeline.environment(pipeline.stages[2]) for _ in range(2))
+    assert first["RAY_AUTH_MODE"] == "token" and len(first["RAY_AUTH_TOKEN"]) == 64
+    assert first["RAY_AUTH_TOKEN"] != second["RAY_AUTH_TOKEN"]
+    assert pipeline.environment(pipeline.stages[0])["GLOO_SOCKET_IFNAME"] == "lo"
+    assert "RAY_AUTH_MODE" not in pipeline.environment(pipeline.stages[0])
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # the user's own cluster: its own settings
+    assert "RAY_AUTH_MODE" not in pipeline.environment(pipeline.stages[2])
+    several = dataclasses.replace(pipeline, nnodes=2)
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert "RAY_AUTH_MODE" not in several.environment(several.stages[2])

@@ -4,7 +4,6 @@ is longer than a screen."""
 from __future__ import annotations
 
 import ast
-from collections import defaultdict
 from pathlib import Path
 
 import pytest

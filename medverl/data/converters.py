@@ -24,9 +24,11 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 from PIL import Image
 
+from medverl.data.contamination import cached_evaluation_keys
 from medverl.data.files import DEFAULT_MAX_IMAGE_BYTES, image_roots
 from medverl.data.images import CHECK_LEVELS, DEFAULT_PIXEL_LIMIT, ImageError, LoadedImage, load_image
 from medverl.data.job import Reject
+from medverl.data.public import pmc_vqa_record, slake_record, vqa_record
 from medverl.data.schemas import IMAGE_PLACEHOLDER, KINDS
 from medverl.models import get_family
 from medverl.prompts import ANSWER_HINTS
@@ -71,6 +73,8 @@ class PrepOptions:
         plugins: reward plugins, so that their query types validate here as they will in training.
         model_family: the model family (:mod:`medverl.models`) the RL data is for: it completes the meta of
             ``bbox_iou`` rows (the answer's ``box_format``, and ``image_size`` for pixel boxes).
+        decontaminate_against: prepared evaluation directories; a row sharing an image or a question with one is
+            rejected ``contaminated:SET`` (SET its ``data_source``).
     """
 
     image_root: Path | tuple[Path, ...] | None = None
@@ -86,9 +90,12 @@ class PrepOptions:
     template: str = "{question}{options}"
     plugins: tuple[str, ...] = ()
     model_family: str | None = None
+    decontaminate_against: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_root", image_roots(self.image_root))
+        if self.decontaminate_against is not None:
+            object.__setattr__(self, "decontaminate_against", tuple(map(str, self.decontaminate_against)) or None)
         if self.model_family is not None:
             get_family(self.model_family)  # an unknown name fails here, naming the known ones
         if self.image_check not in CHECK_LEVELS:
@@ -204,7 +211,7 @@ def register(name: str, *, writes: str) -> Callable[[Reader], Converter]:
             try:
                 parsed = read(record, index, source, options)
                 images, image_meta = _load_images(parsed.content.images, options)
-                return parsed.build(images, image_meta)
+                return _uncontaminated(parsed.build(images, image_meta), options)
             except Reject as exc:
                 return exc
             except (RecursionError, MemoryError) as exc:  # a record nested or sized past what this process can hold
@@ -215,6 +222,16 @@ def register(name: str, *, writes: str) -> Callable[[Reader], Converter]:
         return convert  # type: ignore[return-value]
 
     return decorator
+
+
+def _uncontaminated(row: dict, options: PrepOptions) -> dict:
+    """`row`, unless it shares an image or a question with an evaluation set of ``options.decontaminate_against``."""
+    if not options.decontaminate_against:
+        return row
+    found = cached_evaluation_keys(options.decontaminate_against).matches(row)
+    if found:
+        raise Reject(f"contaminated:{found[0][0]}", "; ".join(reason for _, reason in found))
+    return row
 
 
 def _options_text(options: list[str]) -> str:
@@ -453,6 +470,52 @@ def convert_sft(record: Mapping, index: int, source: str, options: PrepOptions) 
                 "extra_info": {"index": index, "source": source, "image_meta": image_meta}}
 
     return Parsed(Content(text, references), build)
+
+
+@register("llava", writes="sft")
+def convert_llava(record: Mapping, index: int, source: str, options: PrepOptions) -> Parsed:
+    """A record of a LLaVA-style conversation file (PubMedVision, LLaVA-Med instruct: ``id``, ``image`` a path or a
+    list, ``conversations``) to verl's SFT row. When no turn holds ``<image>`` (PubMedVision's files), one per
+    image opens the first human turn, as LLaVA's training code places them."""
+    conversations = record.get("conversations")
+    references = _image_list(record.get("image", record.get("images")))
+    if references and isinstance(conversations, list | tuple):
+        turns = [turn for turn in conversations if isinstance(turn, Mapping)]
+        if not any(IMAGE_PLACEHOLDER in str(turn.get("value", turn.get("content", ""))) for turn in turns):
+            first = next((i for i, turn in enumerate(conversations) if isinstance(turn, Mapping)
+                          and str(turn.get("from", turn.get("role"))).lower() in ("human", "user")
+                          and isinstance(turn.get("value"), str)), None)
+            if first is not None:
+                turn = conversations[first]
+                opened = {**turn, "value": f"{IMAGE_PLACEHOLDER}\n" * len(references) + turn["value"]}
+                record = {**record, "conversations": [*conversations[:first], opened, *conversations[first + 1:]]}
+    return convert_sft.read(record, index, source, options)
+
+
+@register("slake", writes="rl")
+def convert_slake(record: Mapping, index: int, source: str, options: PrepOptions) -> Parsed:
+    """A row of SLAKE's ``train.json``/``validation.json`` (its ``img_name`` under ``--image-root`` ``imgs/``) to
+    verl's RL row, data_source ``slake`` (:func:`medverl.data.public.slake_record`)."""
+    return convert_rl.read({**slake_record(record), "data_source": "slake"}, index, source, options)
+
+
+@register("vqa_rad", writes="rl")
+def convert_vqa_rad(record: Mapping, index: int, source: str, options: PrepOptions) -> Parsed:
+    """A row of VQA-RAD's ``data/train-*.parquet`` to verl's RL row (:func:`medverl.data.public.vqa_record`)."""
+    return convert_rl.read({**vqa_record(record), "data_source": "vqa_rad"}, index, source, options)
+
+
+@register("path_vqa", writes="rl")
+def convert_path_vqa(record: Mapping, index: int, source: str, options: PrepOptions) -> Parsed:
+    """A row of PathVQA's ``data/{train,validation}-*.parquet`` to verl's RL row (VQA-RAD's layout)."""
+    return convert_rl.read({**vqa_record(record), "data_source": "path_vqa"}, index, source, options)
+
+
+@register("pmc_vqa", writes="rl")
+def convert_pmc_vqa(record: Mapping, index: int, source: str, options: PrepOptions) -> Parsed:
+    """A row of PMC-VQA's ``train_2.csv`` (``--image-root`` ``figures/``) or v1 ``train.csv`` (``images/``) to
+    verl's RL row, a ``multiple_choice`` question (:func:`medverl.data.public.pmc_vqa_record`)."""
+    return convert_rl.read({**pmc_vqa_record(record), "data_source": "pmc_vqa"}, index, source, options)
 
 
 @register("caption", writes="cpt")

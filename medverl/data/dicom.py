@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import io
+import itertools
 import math
+import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from medverl.data.files import DEFAULT_MAX_IMAGE_BYTES
 
 # CT presets as (center, width) in Hounsfield units.
 CT_PRESETS: dict[str, tuple[float, float]] = {
@@ -123,14 +127,21 @@ def _to_uint8(x: np.ndarray, unit: Callable[[np.ndarray], np.ndarray]) -> np.nda
     return out.reshape(np.shape(x))
 
 
-# The dataset of a deflated transfer syntax is one zlib stream, inflated whole by pydicom: it is measured first.
+# A deflated dataset is one zlib stream that pydicom inflates whole: its head (where the header must lie) is inflated
+# and read first, then the rest is counted, unkept, up to what the header says the pixel data needs.
 _DEFLATED = "1.2.840.10008.1.2.1.99"
-_HEADER_SLACK = 16 << 20
+_RLE = "1.2.840.10008.1.2.5"
+_HEADER_BYTES = 16 << 20
+_TRAILER_BYTES = 1 << 20  # elements after the pixel data (padding, signatures) an inflated dataset may hold
+_INFLATE_STEP = 1 << 20
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # float, double float and integer pixel data
+_RLE_SLACK = 256  # bytes an RLE segment may decode to past Rows x Columns (encoders pad)
 
 
-def _check_header(data: bytes, pixel_limit: int | None) -> None:
-    """Refuse a file whose header promises more than `pixel_limit` samples (rows x columns x frames x samples),
-    or whose deflated dataset inflates past what that many samples need, before any pixel is decoded."""
+def _check_header(data: bytes, pixel_limit: int | None, max_bytes: int) -> None:
+    """Refuse, before any pixel is decoded, a file whose header promises more than `pixel_limit` samples
+    (rows x columns x frames x samples) or more than `max_bytes` of decoded pixel data, or whose deflated dataset
+    inflates past what its header needs."""
     import pydicom
 
     fp = io.BytesIO(data)
@@ -140,55 +151,181 @@ def _check_header(data: bytes, pixel_limit: int | None) -> None:
         syntax = str(meta.get("TransferSyntaxUID", ""))
     except Exception as exc:
         raise DicomError(f"bad DICOM file meta information: {exc}") from None
-    if syntax == _DEFLATED and pixel_limit is not None:
-        budget, inflated = pixel_limit * 8 + _HEADER_SLACK, 0
-        inflater, rest = zlib.decompressobj(-zlib.MAX_WBITS), data[fp.tell():]
-        try:
-            chunk = inflater.decompress(rest, 1 << 20)
-            while chunk:
-                inflated += len(chunk)
-                if inflated > budget:
-                    raise DicomError(f"the deflated dataset inflates past {budget} bytes (the pixel limit "
-                                     f"{pixel_limit} at 8 bytes a sample): a decompression bomb")
-                chunk = inflater.decompress(inflater.unconsumed_tail, 1 << 20)
-        except zlib.error as exc:
-            raise DicomError(f"bad deflated dataset: {exc}") from None
+    if syntax == _DEFLATED:
+        _check_deflated(memoryview(data)[fp.tell():], pixel_limit, max_bytes)
+        return
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
     except Exception as exc:
         raise DicomError(f"unreadable DICOM header: {exc}") from None
+    _pixel_bytes(ds, pixel_limit, max_bytes)
+
+
+def _inflated(stream: memoryview) -> Iterator[bytes]:
+    """The inflated pieces of a raw deflate stream, at most ``_INFLATE_STEP`` bytes each, however far it inflates."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        for start in range(0, len(stream), _INFLATE_STEP):
+            pending: bytes | memoryview = stream[start : start + _INFLATE_STEP]
+            while pending:
+                if piece := inflater.decompress(pending, _INFLATE_STEP):
+                    yield piece
+                pending = inflater.unconsumed_tail
+    except zlib.error as exc:
+        raise DicomError(f"bad deflated dataset: {exc}") from None
+
+
+def _check_deflated(stream: memoryview, pixel_limit: int | None, max_bytes: int) -> None:
+    """Check a deflated dataset's header, then count the rest of the stream, unkept, stopping as soon as it passes
+    what the header needs."""
+    pieces = _inflated(stream)
+    ds, header_end, size = _deflated_header(pieces)
+    try:
+        budget = header_end + _pixel_bytes(ds, pixel_limit, max_bytes) + _TRAILER_BYTES
+    except DicomError as exc:
+        raise DicomError(f"the deflated dataset inflates past the limits (stopped after {size} bytes): {exc}") from None
+    for piece in pieces:
+        size += len(piece)
+        if size > budget:
+            raise DicomError(f"the deflated dataset inflates past {budget} bytes, more than its header and pixel "
+                             "data need: a decompression bomb")
+
+
+def _deflated_header(pieces: Iterator[bytes]):
+    """The header of a deflated dataset, where its pixel data starts and the bytes inflated so far: `pieces` are
+    inflated until the header ends in them (at most ``_HEADER_BYTES``)."""
+    import pydicom
+
+    head = b""
+    while True:
+        piece = next(pieces, b"") if len(head) < _HEADER_BYTES else b""
+        head += piece
+        fp = io.BytesIO(head)
+        try:
+            ds = pydicom.filereader.read_dataset(fp, False, True, stop_when=lambda tag, vr, length: tag in _PIXEL_TAGS)
+        except Exception as exc:  # an element cut at the end of `head`, or not DICOM at all
+            if not piece:
+                raise DicomError(f"unreadable deflated DICOM header: {exc}") from None
+            continue
+        if fp.tell() < len(head) or not piece:
+            return ds, fp.tell(), len(head)
+
+
+def _pixel_bytes(ds, pixel_limit: int | None, max_bytes: int) -> int:
+    """The bytes the header's pixel data decodes to; raises :class:`DicomError` over `pixel_limit` samples or
+    `max_bytes`."""
     rows = _number(ds, "Rows", integer=True, low=1, high=1 << 16)
     columns = _number(ds, "Columns", integer=True, low=1, high=1 << 16)
     if rows is None or columns is None:
         raise DicomError("no Rows (0028,0010) or Columns (0028,0011): not an image")
     frames = _number(ds, "NumberOfFrames", 1, integer=True, low=1, high=1 << 31)
     samples = _number(ds, "SamplesPerPixel", 1, integer=True, low=1, high=4)
-    _number(ds, "BitsAllocated", integer=True, low=1, high=64)
+    bits = _number(ds, "BitsAllocated", integer=True, low=1, high=64)
+    if bits is None:
+        raise DicomError("no BitsAllocated (0028,0100): the pixel data's size is unknown")
     total = rows * columns * frames * samples
+    shape = f"{rows}x{columns} x {frames} frame(s) x {samples} sample(s)"
     if pixel_limit is not None and total > pixel_limit:
-        raise DicomError(f"{rows}x{columns} x {frames} frame(s) x {samples} sample(s) = {total} is over the pixel limit "
-                         f"of {pixel_limit} (raise --pixel-limit if it is real)")
+        raise DicomError(f"{shape} = {total} is over the pixel limit of {pixel_limit} (raise --pixel-limit if it is "
+                         "real)")
+    decoded = (total * bits + 7) // 8
+    if decoded > max_bytes:
+        raise DicomError(f"{shape} x {bits} bits decodes to {decoded} bytes, over --max-image-bytes {max_bytes}")
+    return decoded
+
+
+def _check_frames(ds) -> None:
+    """Refuse compressed frames that decode past the header's Rows x Columns before any is decoded: an RLE
+    segment that expands further, a JPEG or JPEG 2000 frame whose own header is larger."""
+    from pydicom.encaps import generate_fragmented_frames
+
+    syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    if syntax is None or not syntax.is_transfer_syntax or not syntax.is_encapsulated or "PixelData" not in ds:
+        return
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    frames = _number(ds, "NumberOfFrames", 1, integer=True, low=1)
+    try:
+        for number, fragments in enumerate(itertools.islice(
+                generate_fragmented_frames(ds.PixelData, number_of_frames=frames), frames)):
+            if syntax == _RLE:
+                _check_rle(b"".join(fragments), rows * columns, number)
+            elif (size := _codestream_size(fragments[0])) and (size[0] > columns or size[1] > rows):
+                raise DicomError(f"frame {number} is a {size[0]}x{size[1]} image in a {columns}x{rows} file "
+                                 "(Columns x Rows): a decompression bomb")
+    except DicomError:
+        raise
+    except Exception as exc:  # fragments that are not items, a frame count past the fragments
+        raise DicomError(f"bad encapsulated PixelData (7FE0,0010): {exc}") from None
+
+
+def _check_rle(frame: bytes, plane: int, number: int) -> None:
+    """Refuse an RLE frame with a segment that decodes past `plane` bytes (each run is counted, nothing decoded)."""
+    if len(frame) < 64:
+        raise DicomError(f"RLE frame {number} is shorter than its 64-byte header")
+    count, *offsets = struct.unpack("<16L", frame[:64])
+    if not 1 <= count <= 15:
+        raise DicomError(f"RLE frame {number} has {count} segments (1 to 15)")
+    ends = [*offsets[1:count], len(frame)]
+    limit = plane + _RLE_SLACK
+    for segment, (start, end) in enumerate(zip(offsets[:count], ends, strict=True)):
+        pos, decoded = start, 0
+        while pos < end and decoded <= limit:
+            header = frame[pos]
+            if header < 128:  # a literal run of header + 1 bytes
+                decoded, pos = decoded + header + 1, pos + header + 2
+            else:  # a replicate run of 257 - header bytes; 128 is a no-op
+                decoded, pos = decoded + (257 - header if header > 128 else 0), pos + (2 if header > 128 else 1)
+        if decoded > limit:
+            raise DicomError(f"RLE segment {segment} of frame {number} decodes to more than the {plane} bytes of "
+                             "Rows x Columns: a decompression bomb")
+
+
+def _codestream_size(fragment: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG frame header (SOF0-15, JPEG-LS SOF55) or a JPEG 2000 SIZ marker, else None."""
+    if fragment[:4] == b"\xff\x4f\xff\x51" and len(fragment) >= 24:  # J2K: SOC, SIZ: Xsiz Ysiz XOsiz YOsiz
+        x, y, x0, y0 = struct.unpack(">4L", fragment[8:24])
+        return x - x0, y - y0
+    if fragment[:2] != b"\xff\xd8":
+        return None
+    pos = 2
+    while pos + 9 <= len(fragment) and fragment[pos] == 0xFF:
+        marker = fragment[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) or marker == 0xF7:
+            height, width = struct.unpack(">HH", fragment[pos + 5 : pos + 9])
+            return width, height
+        pos += 2 + int.from_bytes(fragment[pos + 2 : pos + 4], "big")
+    return None
 
 
 def dicom_to_png(
     source: str | Path | bytes, preset: str | tuple[float, float] | None = None, pixel_limit: int | None = None,
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> DicomImage:
     """Convert one DICOM file to an 8-bit PNG.
 
     Window, in order: `preset` (a CT preset name or a (center, width) pair), the VOI LUT sequence, the window
     center/width (first of several; the functional groups of enhanced multi-frame files), the soft-tissue preset
     for CT, a 0.5-99.5 percentile stretch. Colour images are not windowed. MONOCHROME1 is inverted after windowing.
-    A multi-frame file gives its middle frame. With `pixel_limit`, the header's size is checked before any pixel is
-    decoded. Every header value used is checked: a bad one raises :class:`DicomError` naming its tag.
+    A multi-frame file gives its middle frame. Before any pixel is decoded the header's size is checked against
+    `pixel_limit` (samples) and `max_bytes` (decoded pixel data), a deflated dataset is inflated no further than its
+    header needs, and compressed frames no larger than it. Every header value used is checked: a bad one raises
+    :class:`DicomError` naming its tag.
     """
     import pydicom
 
     if isinstance(preset, str) and preset not in CT_PRESETS:
         raise ValueError(f"unknown window preset {preset!r}; known: {', '.join(CT_PRESETS)}")
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    _check_header(data, pixel_limit)
+    _check_header(data, pixel_limit, max_bytes)
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as exc:
+        raise DicomError(f"unreadable DICOM: {exc}") from None
+    _check_frames(ds)
+    try:
         pixels = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for bad files and missing decoders
         raise DicomError(f"DICOM has no readable pixel data: {exc}") from exc

@@ -10,7 +10,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from medverl.arguments import EXIT_NOTHING_USABLE, EXIT_OK, positive_int
+from medverl.arguments import EXIT_NOTHING_USABLE, EXIT_OK, finite_float, positive_float, positive_int
 from medverl.data.dicom import CT_PRESETS
 from medverl.data.files import DEFAULT_MAX_IMAGE_BYTES, FileRefused, read_file
 from medverl.data.images import DEFAULT_PIXEL_LIMIT, ImageError, decode_image
@@ -24,10 +24,11 @@ def _parse_preset(value: str) -> str | tuple[float, float]:
             raise argparse.ArgumentTypeError(f"unknown preset {value!r}; use {', '.join(CT_PRESETS)} or CENTER,WIDTH")
         return value
     try:
-        center, width = (float(v) for v in value.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a preset name or CENTER,WIDTH, got {value!r}") from None
-    return center, width
+        center, width = value.split(",")
+        return finite_float(center), positive_float(width)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"must be a preset name or CENTER,WIDTH (finite numbers, WIDTH above 0), "
+                                         f"got {value!r}") from None
 
 
 def output_names(inputs: list[str]) -> list[str]:
@@ -61,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pixel-limit", type=positive_int, default=DEFAULT_PIXEL_LIMIT,
                         help="reject larger images (rows x columns x frames x samples, from the header)")
     parser.add_argument("--max-image-bytes", type=positive_int, default=DEFAULT_MAX_IMAGE_BYTES,
-                        help="reject larger files unread")
+                        help="reject larger files unread, and DICOM pixel data that decodes larger")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -75,7 +76,8 @@ def run_command(args: argparse.Namespace) -> int:
     for name, png in zip(tqdm(args.inputs, desc="converting", unit=" files", disable=None, file=sys.stderr), names,
                          strict=True):
         try:
-            image = decode_image(read_file(name, args.max_image_bytes), name, args.pixel_limit, args.preset)
+            image = decode_image(read_file(name, args.max_image_bytes), name, args.pixel_limit, args.preset,
+                                 max_image_bytes=args.max_image_bytes)
         except (ImageError, FileRefused) as exc:
             print(exc if name in str(exc) else f"{name}: {exc}", file=sys.stderr)
             continue

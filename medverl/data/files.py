@@ -134,4 +134,5 @@ def add_image_arguments(parser: argparse._ActionsContainer) -> None:
                         help="directory image paths must lie in (after symlinks); relative paths are taken from it; "
                         "repeatable. Without it no image file is read (inline base64 still is)")
     parser.add_argument("--max-image-bytes", type=positive_int, default=DEFAULT_MAX_IMAGE_BYTES,
-                        help="image files and inline images larger than this are rejected unread")
+                        help="image files, inline images and parquet image cells larger than this are rejected "
+                        "unread; DICOM pixel data that would decode larger is rejected before decoding")

@@ -134,17 +134,19 @@ def load_image(
 ) -> LoadedImage:
     """Resolve and check one image reference (`check`: one of ``CHECK_LEVELS``); raises :class:`ImageError`."""
     data, path = read_reference(reference, image_root, max_image_bytes)
-    return decode_image(data, path, pixel_limit, dicom_preset, check)
+    return decode_image(data, path, pixel_limit, dicom_preset, check, max_image_bytes)
 
 
 def decode_image(
     data: bytes, path: str = "", pixel_limit: int = DEFAULT_PIXEL_LIMIT,
     dicom_preset: str | tuple[float, float] | None = None, check: str = "structure",
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> LoadedImage:
-    """Check image bytes read from `path` ("" for inline data), converting DICOM and formats not kept."""
+    """Check image bytes read from `path` ("" for inline data), converting DICOM (whose inflated dataset and
+    decoded pixel data `max_image_bytes` bounds too) and formats not kept."""
     if _is_dicom(data, path):
         try:
-            dicom = dicom_to_png(data, preset=dicom_preset, pixel_limit=pixel_limit)
+            dicom = dicom_to_png(data, preset=dicom_preset, pixel_limit=pixel_limit, max_bytes=max_image_bytes)
         except DicomError as exc:
             raise ImageError(f"{path or 'inline DICOM'}: {exc}", "bad_dicom") from None
         header = _check(dicom.png, path, pixel_limit, check)

@@ -3,18 +3,24 @@
 A job writes one directory: ``part-NNNNN.parquet`` shards (or one JSONL output), ``rejects.jsonl`` (one
 :class:`Reject` line per record not written, with its reason) and ``manifest.json``. Input is consumed in windows;
 after each window the shards it wrote are renamed into place (temporary name, then rename), the appended files are
-flushed and the manifest is rewritten atomically, recording each appended file's length. An interrupted job resumes
-(``resume=True``) at its last finished window: shards and appended lines written after it are discarded. The
-manifest counts every record: ``read == written + rejected``, rejects counted by reason.
+flushed and the manifest is rewritten atomically, recording each appended file's length and each shard's rows, size
+and SHA-256. An interrupted job resumes (``resume=True``) at its last finished window: shards and appended lines
+written after it are discarded. The manifest counts every record: ``read == written + rejected``, rejects counted
+by reason. One job at a time holds a directory (a lock file in it); a full disk or a file over the size limit ends
+the job with its unfinished window discarded, ready to resume.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import itertools
 import json
 import logging
 import os
+import shlex
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -29,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
+LOCK = ".lock"  # held by the job writing the directory; it names the process
 SHARD_GLOB = "part-*.parquet"
 EXCERPT_CHARS = 200
 T = TypeVar("T")
@@ -40,7 +47,59 @@ def shard_name(number: int) -> str:
 
 
 class JobError(ConfigError):
-    """A job directory that cannot take this job: another job's output, or changed inputs or options."""
+    """A job directory that cannot take this job: another job's output, in use, changed inputs or options, or no
+    room left to write it."""
+
+
+# The write errors that are the disk's, not the job's: each ends the job with a usage error, ready to resume.
+_NO_ROOM = {errno.ENOSPC: "no space left on the device (ENOSPC)",
+            errno.EFBIG: "a file would pass the file size limit (EFBIG)",
+            errno.EDQUOT: "the disk quota is used up (EDQUOT)"}
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's content, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _lock(directory: Path) -> int:
+    """Take the directory's lock file (an exclusive ``flock``, writing this process's id and command in it);
+    returns its descriptor. Raises :class:`JobError` naming the holder when another process has it."""
+    path = directory / LOCK
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise JobError(f"cannot lock {directory} for this job: {path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode("utf-8", "replace")
+            os.close(fd)
+            raise JobError(f"{directory} is in use by another job: {_holder(holder)}; wait for it to end, or use "
+                           "another directory") from None
+        try:  # a holder that ended may have removed the file between its open and this lock: lock the new one
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "command": command}).encode() + b"\n")
+    return fd
+
+
+def _holder(text: str) -> str:
+    try:
+        holder = json.loads(text)
+        return f"process {int(holder['pid'])} ({str(holder['command'])[:300]!r})"
+    except (ValueError, TypeError, KeyError):
+        return "a process that has not said which yet"
 
 
 class Reject(Exception):
@@ -74,14 +133,7 @@ def excerpt(value: object) -> str:
 
 def fingerprint_inputs(paths: Iterable[str | Path]) -> list[dict]:
     """Each input file's path, size and SHA-256 of its content: a resumed job must read the same bytes."""
-    fingerprints = []
-    for path in map(Path, paths):
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        fingerprints.append({"path": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()})
-    return fingerprints
+    return [{"path": str(path), "bytes": path.stat().st_size, "sha256": file_sha256(path)} for path in map(Path, paths)]
 
 
 def windows(items: Iterable[T], size: int, start: int = 0) -> Iterator[tuple[int, list[T]]]:
@@ -104,6 +156,19 @@ def _differences(previous: object, current: object, path: str = "") -> list[str]
     return []
 
 
+def _read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        missing = [key for key in ("read", "written", "rejected", "rejected_by_reason", "shards", "complete", "files")
+                   if key not in manifest]
+        if missing:
+            raise KeyError(", ".join(missing))
+        return manifest
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise JobError(f"cannot resume {path.parent}: {path.name} is not a readable manifest ({type(exc).__name__}: "
+                       f"{str(exc)[:100]}); start again in a new directory") from None
+
+
 class Job:
     """One job's output directory (or, with `output` None, only its accounting).
 
@@ -123,7 +188,7 @@ class Job:
         info: dict | None = None, resumable: bool = True, appended: tuple[str, ...] = (),
     ) -> None:
         self.directory = Path(output) if output is not None else None
-        self.kind, self.spec, self.lines_name = kind, spec, lines
+        self.kind, self.spec, self.lines_name, self.resumable = kind, spec, lines, resumable
         self.info = dict(info or {})
         self.read = self.written = self.rejected = 0
         self.rejected_by_reason: Counter[str] = Counter()
@@ -131,18 +196,30 @@ class Job:
         self.shards: list[dict] = []
         self.complete = False
         self._files: dict[str, IO[str]] = {}
+        self._lock_fd: int | None = None
+        self._committed: tuple[int, dict[str, int]] = (0, {})  # shards and file lengths in the manifest on disk
         if self.directory is None:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock(self.directory)
+        try:
+            self._open(resume, appended)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, resume: bool, appended: tuple[str, ...]) -> None:
+        """Take over the directory: a fresh one, or the job to resume in it."""
         lengths = {}
         manifest_path = self.directory / MANIFEST
         if manifest_path.exists():
-            previous = json.loads(manifest_path.read_text(encoding="utf-8"))
             if not resume:
-                hint = "pass --resume to continue it, or use a new directory" if resumable else "use a new directory"
+                hint = ("pass --resume to continue it, or use a new directory" if self.resumable
+                        else "use a new directory")
                 raise JobError(f"{self.directory} already holds a job's output ({MANIFEST}); {hint}")
+            previous = _read_manifest(manifest_path)
             changed = _differences({"kind": previous.get("kind"), **(previous.get("job") or {})},
-                                   {"kind": kind, **spec})
+                                   {"kind": self.kind, **self.spec})
             if changed:
                 raise JobError(f"cannot resume {self.directory}: its job differs: " + "; ".join(changed[:5]))
             self.read, self.written, self.rejected = previous["read"], previous["written"], previous["rejected"]
@@ -158,33 +235,93 @@ class Job:
                     stray.unlink()
         elif any(self.directory.glob(SHARD_GLOB)):
             raise JobError(f"{self.directory} holds parquet shards but no {MANIFEST}; use an empty directory")
-        for name in filter(None, (REJECTS, lines, *appended)):
+        for name in filter(None, (REJECTS, self.lines_name, *appended)):
             with (self.directory / name).open("ab") as f:
                 f.truncate(lengths.get(name, 0))
             self._files[name] = (self.directory / name).open("a", encoding="utf-8")
+        self._committed = (len(self.shards), {name: lengths.get(name, 0) for name in self._files})
 
     def __enter__(self) -> Job:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type | None, exc: BaseException | None, traceback: object) -> None:
+        if isinstance(exc, OSError) and exc.errno in _NO_ROOM and self.directory is not None:
+            self.discard_unfinished()
+            self.close()
+            where = exc.filename or self.directory
+            hint = ("rerun with --resume" if self.resumable
+                    else "rerun into a new directory (or remove this one)")
+            raise JobError(f"cannot write {where}: {_NO_ROOM[exc.errno]}. The unfinished part of the job was removed "
+                           f"and {self.directory} holds what was finished; make room, then {hint}") from None
         self.close()
 
     def close(self) -> None:
+        """Close the job's files and give up its directory's lock."""
         for f in self._files.values():
-            f.close()
+            try:
+                f.close()
+            except OSError:  # a buffer the full disk did not take: discard_unfinished cuts the file back
+                pass
         self._files.clear()
+        if self._lock_fd is not None:
+            (self.directory / LOCK).unlink(missing_ok=True)  # under the lock: see _lock for the next taker's check
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def discard_unfinished(self) -> None:
+        """Undo what the unfinished window wrote: its temporary files and shards, and the lines appended after the
+        last manifest (the output is then what the manifest on disk says)."""
+        shards, lengths = self._committed
+        for f in self._files.values():
+            try:
+                f.close()
+            except OSError:
+                pass
+        self._files.clear()
+        for entry in self.shards[shards:]:
+            (self.directory / entry["file"]).unlink(missing_ok=True)
+        for stray in self.directory.glob(".*.tmp"):
+            stray.unlink(missing_ok=True)
+        for name, length in lengths.items():
+            path = self.directory / name
+            if path.is_file() and path.stat().st_size > length:
+                os.truncate(path, length)
 
     def temporary(self, name: str) -> Path:
         """A path in the directory for a file being written (removed on resume unless made a shard)."""
         return self.directory / f".{name}.tmp"
 
-    def add_shard(self, path: Path, rows: int) -> str:
-        """Make a finished file (see :meth:`temporary`) the next shard; returns its name."""
+    def add_shard(self, path: Path, rows: int, sha256: str | None = None, **info: object) -> str:
+        """Make a finished file (see :meth:`temporary`) the next shard, recording its rows, size, SHA-256 (`sha256`
+        when the caller has it) and `info`; returns its name."""
         name = shard_name(len(self.shards))
+        entry = {"file": name, "rows": rows, "bytes": path.stat().st_size, "sha256": sha256 or file_sha256(path),
+                 **info}
         os.replace(path, self.directory / name)
-        self.shards.append({"file": name, "rows": rows})
+        self.shards.append(entry)
         self.wrote(rows)
         return name
+
+    def damaged_shards(self) -> dict[str, str]:
+        """The shards that are not what the manifest says they are (missing, another size or SHA-256, unreadable,
+        another row count), each with what is wrong."""
+        import pyarrow.parquet as pq
+
+        damaged = {}
+        for entry in self.shards:
+            path = self.directory / entry["file"]
+            try:
+                if not path.is_file():
+                    damaged[entry["file"]] = "missing"
+                elif "bytes" in entry and path.stat().st_size != entry["bytes"]:
+                    damaged[entry["file"]] = f"{path.stat().st_size} bytes, not the {entry['bytes']} written"
+                elif "sha256" in entry and file_sha256(path) != entry["sha256"]:
+                    damaged[entry["file"]] = "its SHA-256 is not the one written"
+                elif (rows := pq.ParquetFile(path).metadata.num_rows) != entry["rows"]:
+                    damaged[entry["file"]] = f"{rows} rows, not the {entry['rows']} written"
+            except Exception as exc:  # an unreadable footer: pyarrow raises several kinds
+                damaged[entry["file"]] = f"unreadable ({type(exc).__name__}: {str(exc)[:100]})"
+        return damaged
 
     def write_table(self, table: object) -> str:
         """Write a pyarrow table as the next shard, atomically (without a directory: count its rows)."""
@@ -267,6 +404,7 @@ class Job:
             tmp = self.temporary(MANIFEST)
             tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
             os.replace(tmp, self.directory / MANIFEST)
+            self._committed = (len(self.shards), dict(manifest["files"]))
         return manifest
 
     def progress(self, desc: str, total: int | None, enabled: bool = True) -> tqdm:

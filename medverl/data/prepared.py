@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,16 @@ class PreparedError(ConfigError):
     def __init__(self, message: str, kinds: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.kinds = tuple(kinds)
+
+
+@contextmanager
+def _readable(shard: Path) -> Iterator[None]:
+    """A shard that does not read as parquet is a :class:`PreparedError` naming it."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as exc:
+        raise PreparedError(f"{shard} is damaged ({type(exc).__name__}: {str(exc)[:200]}); rerun its job with "
+                            "--resume to redo it") from None
 
 
 @dataclass(frozen=True)
@@ -64,8 +75,9 @@ class Prepared:
     def batches(self, columns: Sequence[str] | None = None, batch_size: int = 256) -> Iterator[tuple[Path, list[dict]]]:
         """``(shard, rows)`` in order, `batch_size` rows at a time (only `columns`, when given)."""
         for shard in self.shards:
-            for batch in pq.ParquetFile(shard).iter_batches(batch_size=batch_size, columns=columns):
-                yield shard, batch.to_pylist()
+            with _readable(shard):
+                for batch in pq.ParquetFile(shard).iter_batches(batch_size=batch_size, columns=columns):
+                    yield shard, batch.to_pylist()
 
     def rows(self, columns: Sequence[str] | None = None) -> Iterator[dict]:
         for _, batch in self.batches(columns):
@@ -74,7 +86,9 @@ class Prepared:
     def tables(self, columns: Sequence[str] | None = None) -> Iterator[tuple[Path, pa.Table]]:
         """``(shard, table)`` for each shard in order (only `columns`, when given)."""
         for shard in self.shards:
-            yield shard, pq.read_table(shard, columns=columns)
+            with _readable(shard):
+                table = pq.read_table(shard, columns=columns)
+            yield shard, table
 
     def table(self, columns: Sequence[str] | None = None) -> pa.Table:
         """Every shard as one table."""
@@ -114,4 +128,9 @@ def open_prepared(directory: str | Path, kinds: Sequence[str] | None = None, *, 
     missing = [s["file"] for s in shards if not (directory / s["file"]).is_file()]
     if missing:
         raise PreparedError(f"{directory}: shard(s) named in its manifest are missing: {', '.join(missing[:5])}")
+    resized = [f"{s['file']} ({size} bytes, not the {s['bytes']} written)" for s in shards
+               if "bytes" in s and (size := (directory / s["file"]).stat().st_size) != s["bytes"]]
+    if resized:
+        raise PreparedError(f"{directory}: shard(s) were cut short or changed: {', '.join(resized[:5])}; rerun its "
+                            "job with --resume to redo them")
     return Prepared(directory, manifest)

@@ -1,7 +1,15 @@
-"""Input records from JSONL, JSON arrays and parquet, streamed, each with where it came from."""
+"""Input records from JSONL, JSON arrays, CSV and parquet, streamed, each with where it came from.
+
+Every record is bounded before it is decoded: a JSONL line or JSON array element over ``MAX_RECORD_BYTES`` is
+``record_too_large``, unkept; a parquet row's sizes are read from the Arrow arrays' offsets before the row becomes
+Python objects, and a binary cell over ``max_image_bytes`` (``image_too_large``) or text cells over
+``MAX_RECORD_BYTES`` (``record_too_large``) reject the row unconverted.
+"""
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import re
 import sys
@@ -10,15 +18,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from medverl.data.files import DEFAULT_MAX_IMAGE_BYTES
 from medverl.data.job import EXCERPT_CHARS, Reject, excerpt
 from medverl.errors import ConfigError
 
 _CHUNK = 1 << 20
-# A JSONL line longer than this is rejected unread (one record is a question with a few inline images at most).
+# A JSONL line, JSON array element or parquet row's text longer than this is rejected unread (one record is a
+# question with a few inline images at most).
 MAX_RECORD_BYTES = 64 << 20
+# Parquet is read in batches of about this many bytes of cells (a row group's average row size decides the rows).
+_BATCH_BYTES = 32 << 20
+_MAX_BATCH_ROWS = 256
+_STRUCTURE = re.compile(r'["\[\]{},]')  # what a JSON scanner outside strings looks for
+_STRING_SPECIAL = re.compile(r'["\\]')  # what ends a JSON string or escapes its next character
 _BOM = b"\xef\xbb\xbf"
 _JSON_SPACE = b" \t\r\n"  # a line of only these is blank; any other character makes it a record
 # Only a \uD800-\uDFFF escape can put a lone surrogate into decoded JSON: records without one are not walked.
@@ -48,7 +65,23 @@ class Record:
 
     def rejected(self, code: str, reason: str) -> Reject:
         """This record as a reject line."""
-        return Reject(code, reason, self.position, self.source, self.excerpt or excerpt(self.data))
+        return Reject(code, reason, self.position, self.source, self.excerpt or excerpt(_clipped(self.data)))
+
+
+def _clipped(value: object, depth: int = 8) -> object:
+    """`value` cut down for an excerpt: strings and bytes to their first characters, lists and objects to their
+    first items, nesting to `depth` levels (a 200 MB image cell must not become a 200 MB excerpt first)."""
+    if isinstance(value, str):
+        return value[:EXCERPT_CHARS]
+    if isinstance(value, bytes | bytearray):
+        return repr(bytes(value[:EXCERPT_CHARS]))
+    if isinstance(value, dict | list | tuple) and depth <= 0:
+        return "..."
+    if isinstance(value, dict):
+        return {key: _clipped(item, depth - 1) for key, item in itertools.islice(value.items(), EXCERPT_CHARS)}
+    if isinstance(value, list | tuple):
+        return [_clipped(item, depth - 1) for item in value[:EXCERPT_CHARS]]
+    return value
 
 
 class InputError(ConfigError, ValueError):
@@ -71,8 +104,9 @@ def count_records(paths: Iterable[str | Path]) -> int | None:
     return total
 
 
-def iter_records(path: str | Path) -> Iterator[Record]:
-    """Records of one input file: ``.jsonl``/``.ndjson`` by line, ``.json`` arrays by element, ``.parquet`` by row."""
+def iter_records(path: str | Path, max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Iterator[Record]:
+    """Records of one input file: ``.jsonl``/``.ndjson`` by line, ``.json`` arrays by element, ``.csv`` and
+    ``.parquet`` by row (a row with a binary cell over `max_image_bytes` is ``image_too_large``, unconverted)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"input file not found: {path}")
@@ -81,9 +115,11 @@ def iter_records(path: str | Path) -> Iterator[Record]:
         return _jsonl(path)
     if suffix == ".json":
         return _json_array(path)
+    if suffix == ".csv":
+        return _csv(path)
     if suffix == ".parquet":
-        return _parquet(path)
-    raise InputError(f"{path}: unknown input format {suffix!r}; use .jsonl, .json (an array) or .parquet")
+        return _parquet(path, max_image_bytes)
+    raise InputError(f"{path}: unknown input format {suffix!r}; use .jsonl, .json (an array), .csv or .parquet")
 
 
 def iter_jsonl(path: str | Path) -> Iterator[Record]:
@@ -185,82 +221,236 @@ def _surrogate(value: object, path: str) -> str | None:
     return None
 
 
-def _json_array(path: Path) -> Iterator[Record]:
-    """Elements of a top-level JSON array, decoded one at a time from 1 MB chunks."""
-    decoder = json.JSONDecoder()
-    with path.open("r", encoding="utf-8-sig") as f:
-        buffer, offset, index, eof = "", 0, 0, False
+class _ArrayScanner:
+    """The elements of a top-level JSON array as JSON texts, found by tracking strings and brackets over 1 MB
+    chunks; an element longer than `limit` characters is skipped without being kept."""
 
-        def fill() -> bool:
-            nonlocal buffer, offset, eof
-            try:
-                chunk = f.read(_CHUNK)
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{path}: invalid UTF-8 ({exc.reason}) after element {index}; re-encode the file "
-                                 "as UTF-8, or convert it to JSONL to reject only the lines that hold bad bytes") from None
-            if not chunk:
-                eof = True
-                return False
-            buffer = buffer[offset:] + chunk
-            offset = 0
-            return True
+    def __init__(self, f: IO[str], path: Path, limit: int) -> None:
+        self.f, self.path, self.limit = f, path, limit
+        self.chunk, self.pos, self.index = "", 0, 0
 
-        def skip_space() -> None:
-            nonlocal offset
-            while True:
-                while offset < len(buffer) and buffer[offset] in " \t\r\n":
-                    offset += 1
-                if offset < len(buffer) or not fill():
-                    return
+    def _read(self) -> bool:
+        try:
+            self.chunk, self.pos = self.f.read(_CHUNK), 0
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{self.path}: invalid UTF-8 ({exc.reason}) after element {self.index}; re-encode the "
+                             "file as UTF-8, or convert it to JSONL to reject only the lines that hold bad bytes"
+                             ) from None
+        return bool(self.chunk)
 
-        fill()
-        skip_space()
-        if offset >= len(buffer) or buffer[offset] != "[":
-            raise InputError(f"{path}: a .json input must be one JSON array of records")
-        offset += 1
+    def next_char(self) -> str:
+        """The next character that is not JSON whitespace ("" at the end of the file), left unconsumed."""
         while True:
-            skip_space()
-            if offset < len(buffer) and buffer[offset] == "]":
-                return
-            while True:
-                try:
-                    value, end = decoder.raw_decode(buffer, offset)
-                    if end < len(buffer) or eof or not fill():  # a number may continue in the next chunk
-                        break
+            while self.pos < len(self.chunk) and self.chunk[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.chunk) or not self._read():
+                return self.chunk[self.pos : self.pos + 1]
+
+    def element(self) -> tuple[str | None, str, int]:
+        """The next element's JSON text (None when over the limit), its first characters and its length: the text
+        up to the ``,`` or ``]`` that ends it, outside strings and brackets."""
+        self.next_char()
+        parts: list[str] | None = []
+        head, size, depth, in_string, escape = "", 0, 0, False, False
+        while True:
+            chunk, start, end = self.chunk, self.pos, None
+            pos = start
+            while pos < len(chunk) and end is None:
+                if escape:
+                    pos, escape = pos + 1, False
                     continue
-                except (ValueError, RecursionError) as exc:  # JSONDecodeError, too many digits, too deep
-                    if isinstance(exc, json.JSONDecodeError) and not eof and fill():
-                        continue
-                    raise InputError(
-                        f"{path}: broken JSON array at element {index}: {getattr(exc, 'msg', exc)}; records after it "
-                        "cannot be located (convert the file to JSONL to isolate bad records)"
-                    ) from None
-            yield checked(Record(f"{path.name}[{index}]", index, value))
-            index += 1
-            offset = end
-            skip_space()
-            if offset < len(buffer) and buffer[offset] == ",":
-                offset += 1
-            elif offset < len(buffer) and buffer[offset] == "]":
-                return
+                match = (_STRING_SPECIAL if in_string else _STRUCTURE).search(chunk, pos)
+                if match is None:
+                    pos = len(chunk)
+                    break
+                char, pos = match.group(), match.end()
+                if in_string:
+                    escape = char == "\\"  # the escaped character, maybe in the next chunk, is skipped
+                    in_string = escape
+                elif char == '"':
+                    in_string = True
+                elif char in "[{":
+                    depth += 1
+                elif depth:
+                    depth -= char in "]}"  # a "," inside brackets leaves it as it is
+                else:  # a "," or the array's "]": the end of the element
+                    end = match.start()
+            piece = chunk[start : pos if end is None else end]
+            head, size = head or piece[:EXCERPT_CHARS], size + len(piece)
+            if parts is not None and size <= self.limit:
+                parts.append(piece)
             else:
-                raise InputError(f"{path}: broken JSON array after element {index - 1}: expected ',' or ']'")
+                parts = None
+            if end is not None:
+                self.pos = end
+            if end is not None or not self._read():
+                return (None if parts is None else "".join(parts)), head, size
+
+    def records(self) -> Iterator[Record]:
+        if self.next_char() != "[":
+            raise InputError(f"{self.path}: a .json input must be one JSON array of records")
+        self.pos += 1
+        if self.next_char() == "]":
+            return
+        while True:
+            text, head, size = self.element()
+            source = f"{self.path.name}[{self.index}]"
+            if text is None:
+                yield Record(source, self.index, error=f"element {self.index} is longer than {self.limit} characters",
+                             code="record_too_large", excerpt=head)
+            else:
+                yield checked(Record(source, self.index, self._decoded(text)), text)
+            self.index += 1
+            char = self.next_char()
+            if char == "]":
+                return
+            if char != ",":
+                raise InputError(f"{self.path}: broken JSON array after element {self.index - 1}: expected ',' or ']'")
+            self.pos += 1
+
+    def _decoded(self, text: str) -> object:
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, too many digits, too deep
+            raise InputError(
+                f"{self.path}: broken JSON array at element {self.index}: {getattr(exc, 'msg', exc)}; records after it "
+                "cannot be located (convert the file to JSONL to isolate bad records)"
+            ) from None
 
 
-def _parquet(path: Path) -> Iterator[Record]:
+def _json_array(path: Path) -> Iterator[Record]:
+    """Elements of a top-level JSON array, decoded one at a time."""
+    with path.open("r", encoding="utf-8-sig") as f:
+        yield from _ArrayScanner(f, path, MAX_RECORD_BYTES).records()
+
+
+def _parquet(path: Path, max_image_bytes: int) -> Iterator[Record]:
+    """Rows of a parquet file in batches of about ``_BATCH_BYTES``; a row whose cells are over the bounds is a
+    record with its error, never converted to Python objects."""
+    file = _parquet_file(path)
     index = 0
     try:
-        for batch in _parquet_file(path).iter_batches(batch_size=256):
-            for row in batch.to_pylist():
-                yield checked(Record(f"{path.name}[{index}]", index, row))
-                index += 1
+        for group in range(file.num_row_groups):
+            meta = file.metadata.row_group(group)
+            rows = _BATCH_BYTES * meta.num_rows // max(meta.total_byte_size, 1)
+            for batch in file.iter_batches(batch_size=max(1, min(_MAX_BATCH_ROWS, rows)), row_groups=[group],
+                                           use_threads=False):
+                for record in _batch_records(batch, path.name, index, max_image_bytes):
+                    yield record
+                    index += 1
+    except MemoryError as exc:  # Arrow holds a batch's cells once (a page, its decompressed copy, the array)
+        raise InputError(f"{path}: row {index} or the rows after it do not fit in memory ({exc}): a cell of hundreds "
+                         "of MB; drop the row or give the job more memory") from None
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a corrupt page, a string that is not UTF-8
         raise InputError(f"{path}: unreadable parquet after row {index}: {exc}") from None
 
 
+def _batch_records(batch: pa.RecordBatch, name: str, first: int, max_image_bytes: int) -> Iterator[Record]:
+    sizes = {column: _cell_sizes(batch.column(column)) for column in batch.schema.names}
+    text = sum((t for _, t in sizes.values()), np.zeros(batch.num_rows, dtype=np.int64))
+    problems = [_oversized(sizes, text, row, max_image_bytes) for row in range(batch.num_rows)]
+    whole = None if any(problems) else batch.to_pylist()  # else each row that is within the bounds on its own
+    for row, problem in enumerate(problems):
+        source = f"{name}[{first + row}]"
+        if problem:
+            code, error, where = problem
+            yield Record(source, first + row, error=error, code=code, excerpt=where)
+        else:
+            data = whole[row] if whole else batch.slice(row, 1).to_pylist()[0]
+            yield checked(Record(source, first + row, data))
+
+
+def _oversized(sizes: dict[str, tuple[np.ndarray, np.ndarray]], text: np.ndarray, row: int,
+               max_image_bytes: int) -> tuple[str, str, str] | None:
+    """``(code, reason, excerpt)`` when a row's cells are over the bounds, else None."""
+    for column, (binary, _) in sizes.items():
+        if binary[row] > max_image_bytes:
+            return ("image_too_large", f"column {column!r} holds {binary[row]} bytes of binary data (an image), over "
+                    f"--max-image-bytes {max_image_bytes}", f"{column}: {binary[row]} bytes")
+    if text[row] > MAX_RECORD_BYTES:
+        column = max(sizes, key=lambda c: sizes[c][1][row])
+        most = sizes[column][1][row]
+        return ("record_too_large", f"the row's text cells hold {text[row]} bytes ({most} in column {column!r}), over "
+                f"the {MAX_RECORD_BYTES} bytes of a record", f"{column}: {most} bytes")
+    return None
+
+
+def _cell_sizes(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of `array`: the largest binary value and the total bytes of text in its cell, nested values included,
+    from the arrays' offsets (nothing is copied)."""
+    n, kind = len(array), array.type
+    if pa.types.is_dictionary(kind):
+        binary, text = _cell_sizes(array.dictionary)
+        if not len(binary):
+            return np.zeros(n, np.int64), np.zeros(n, np.int64)
+        indices = pc.fill_null(array.indices, 0).to_numpy(zero_copy_only=False)
+        return _valid(array, binary[indices]), _valid(array, text[indices])
+    is_text = pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+    if is_text or pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind) \
+            or pa.types.is_fixed_size_binary(kind):
+        lengths = pc.fill_null(pc.binary_length(array), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        return (np.zeros(n, np.int64), lengths) if is_text else (lengths, np.zeros(n, np.int64))
+    if pa.types.is_struct(kind):
+        children = [_cell_sizes(array.field(i)) for i in range(kind.num_fields)]
+        binary = np.max([b for b, _ in children], axis=0, initial=0) if children else np.zeros(n, np.int64)
+        text = np.sum([t for _, t in children], axis=0, dtype=np.int64) if children else np.zeros(n, np.int64)
+        return _valid(array, binary), _valid(array, text)
+    if pa.types.is_fixed_size_list(kind):
+        counts = np.full(n, kind.list_size)
+        child = array.values.slice(array.offset * kind.list_size, n * kind.list_size)
+    elif pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind):
+        offsets = array.offsets.to_numpy()
+        counts = np.diff(offsets)
+        child = array.values.slice(offsets[0], offsets[-1] - offsets[0])
+    else:  # numbers, booleans, dates: a few bytes a cell
+        return np.zeros(n, np.int64), np.zeros(n, np.int64)
+    child_binary, child_text = _cell_sizes(child)
+    parents = np.repeat(np.arange(n), counts)
+    binary = np.zeros(n, np.int64)
+    np.maximum.at(binary, parents, child_binary)
+    text = np.bincount(parents, weights=child_text, minlength=n).astype(np.int64)
+    return _valid(array, binary), _valid(array, text)
+
+
+def _valid(array: pa.Array, sizes: np.ndarray) -> np.ndarray:
+    """`sizes` with null cells (never converted) at 0."""
+    if array.null_count:
+        sizes = np.where(array.is_valid().to_numpy(zero_copy_only=False), sizes, 0)
+    return sizes
+
+
+def _csv(path: Path) -> Iterator[Record]:
+    """Rows of a CSV file with a header line, as {column: text}, each placed by the line it starts on; a row
+    that is not UTF-8, holds a field over the csv module's limit or has more cells than the header is rejected."""
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            return
+        while True:
+            line = reader.line_num + 1
+            source = f"{path.name}:{line}"
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # a field over csv.field_size_limit(), read no further than the limit
+                yield Record(source, line, error=f"line {line}: {exc}", code="record_too_large")
+                continue
+            if any(_SURROGATE.search(cell) for cell in cells):
+                yield Record(source, line, code="bad_encoding", error=f"invalid UTF-8 in the row at line {line}; "
+                             "re-encode the file as UTF-8", excerpt=",".join(cells).encode(
+                                 "utf-8", "surrogateescape").decode("utf-8", "replace")[:EXCERPT_CHARS])
+            elif len(cells) > len(header):
+                yield Record(source, line, code="bad_field", error=f"line {line} has {len(cells)} cells for "
+                             f"{len(header)} columns", excerpt=",".join(cells)[:EXCERPT_CHARS])
+            elif cells:
+                yield Record(source, line, dict(itertools.zip_longest(header, cells, fillvalue="")))
+
+
 def _parquet_file(path: Path) -> pq.ParquetFile:
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path, buffer_size=_CHUNK, pre_buffer=False)  # column chunks streamed, not read whole
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"{path}: not a readable parquet file: {exc}") from None
 

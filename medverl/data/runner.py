@@ -6,7 +6,8 @@ reads records, renames finished files to ``part-NNNNN.parquet`` in input order, 
 manifest. Every record read is either written to a shard or listed in ``rejects.jsonl`` with its reason, so
 ``read == written + rejected`` always holds. The manifest is rewritten after each window, so an interrupted job
 resumes (``resume=True``) at the last window it finished and produces the same bytes as an uninterrupted one,
-whatever the number of workers.
+whatever the number of workers. A resumed job first checks the shards it has (rows, size, SHA-256) and converts
+the window of a damaged one again.
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medverl.arguments import positive_int, print_job
+from medverl.data.contamination import cached_evaluation_keys
 from medverl.data.converters import CONVERTERS, PrepOptions
 from medverl.data.files import add_image_arguments
 from medverl.data.images import CHECK_LEVELS, image_digest
-from medverl.data.job import Job, JobError, Reject, fingerprint_inputs, windows
+from medverl.data.job import Job, JobError, Reject, file_sha256, fingerprint_inputs, windows
 from medverl.data.records import Record, count_records, iter_records
 from medverl.data.schemas import schema_for
 from medverl.prompts import DEFAULT_TEMPLATE, TEMPLATES, load_template, template_record
@@ -69,6 +71,8 @@ class PrepJob:
         rows_per_shard: input records per window; a window's rows go to their own shard(s), so a shard holds at
             most this many rows (fewer when records of its window were rejected) ...
         max_shard_bytes: ... and a new shard is started once a shard's rows hold this many bytes.
+        records: where the records come from instead of `inputs` (``medverl eval prepare``'s questions); its
+            ``repr`` is part of the fingerprint, so it names what it reads.
     """
 
     kind: str
@@ -77,6 +81,7 @@ class PrepJob:
     options: PrepOptions = field(default_factory=PrepOptions)
     rows_per_shard: int = 1000
     max_shard_bytes: int = 128 << 20
+    records: Callable[[], Iterable[Record]] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in CONVERTERS:
@@ -86,7 +91,8 @@ class PrepJob:
 
     def fingerprint(self) -> dict:
         """What must not change between a job and its resumption (not the worker count)."""
-        options = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self.options).items()}
+        options = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+                   for k, v in dataclasses.asdict(self.options).items()}
         options["plugins"] = list(self.options.plugins)
         options["image_root"] = [str(root) for root in self.options.image_root]
         return {
@@ -95,6 +101,7 @@ class PrepJob:
             "options": options,
             "rows_per_shard": self.rows_per_shard,
             "max_shard_bytes": self.max_shard_bytes,
+            **({"records": repr(self.records)} if self.records is not None else {}),
         }
 
 
@@ -107,11 +114,12 @@ class _Window:
 
 @dataclass(frozen=True)
 class _Done:
-    """A converted window: its shard files (still under temporary names) and its reject entries, in input order."""
+    """A converted window: its shard files (still under temporary names, with their rows and SHA-256) and its reject
+    entries, in input order."""
 
     number: int
     read: int
-    files: list[tuple[str, int]]
+    files: list[tuple[str, int, str]]
     rejects: list[Reject]
     digests: list[str] = field(default_factory=list)
 
@@ -179,7 +187,7 @@ class _ShardWriter:
 
     def __init__(self, directory: Path, window: int, schema: pa.Schema, max_bytes: int) -> None:
         self.directory, self.window, self.schema, self.max_bytes = directory, window, schema, max_bytes
-        self.files: list[tuple[str, int]] = []
+        self.files: list[tuple[str, int, str]] = []
         self.writer: pq.ParquetWriter | None = None
         self.pending: list[dict] = []
         self.pending_bytes = self.file_bytes = self.file_rows = 0
@@ -195,7 +203,7 @@ class _ShardWriter:
         if self.pending_bytes >= ROW_GROUP_BYTES:
             self._write_pending()
 
-    def close(self) -> list[tuple[str, int]]:
+    def close(self) -> list[tuple[str, int, str]]:
         if self.file_rows:
             self._close_file()
         return self.files
@@ -210,7 +218,7 @@ class _ShardWriter:
                 self.directory / name, self.schema, compression=compression, use_dictionary=False,
                 write_statistics=False,
             )
-            self.files.append((name, 0))
+            self.files.append((name, 0, ""))
         self.writer.write_batch(_record_batch(self.pending, self.schema))
         self.pending, self.pending_bytes = [], 0
 
@@ -218,7 +226,8 @@ class _ShardWriter:
         self._write_pending()
         self.writer.close()
         self.writer = None
-        self.files[-1] = (self.files[-1][0], self.file_rows)
+        name = self.files[-1][0]
+        self.files[-1] = (name, self.file_rows, file_sha256(self.directory / name))
         self.file_bytes = self.file_rows = 0
 
 
@@ -299,7 +308,10 @@ def _process_in_worker(window: _Window) -> _Done:
 
 
 def _windows(job: PrepJob, start: int) -> Iterator[_Window]:
-    records = itertools.chain.from_iterable(iter_records(p) for p in job.inputs)
+    if job.records is not None:
+        records = iter(job.records())
+    else:
+        records = itertools.chain.from_iterable(iter_records(p, job.options.max_image_bytes) for p in job.inputs)
     for first, batch in windows(records, job.rows_per_shard, start):
         yield _Window(first // job.rows_per_shard, first, batch)
 
@@ -324,6 +336,7 @@ def run_prep(
     parquet_kind = CONVERTERS.get(job.kind).writes
     info = {**(info or {}), **({"template": template_record(job.options.template)} if parquet_kind == "rl" else {})}
     with Job(job.output, parquet_kind, job.fingerprint(), resume=resume, info=info, appended=(DIGESTS,)) as out:
+        _redo_damaged(job, out)
         if out.complete:
             logger.info("%s is already complete", job.output)
             return out.manifest()
@@ -332,14 +345,39 @@ def run_prep(
         return _run(job, out, workers, engine, progress)
 
 
+def _redo_damaged(job: PrepJob, out: Job) -> None:
+    """Convert again, in place, the windows of the shards that are not what the manifest says (a warning names each):
+    the same records give the same bytes, checked against the manifest's SHA-256."""
+    damaged = out.damaged_shards()
+    for name, why in damaged.items():
+        logger.warning("%s: shard %s is damaged (%s); converting its records again", job.output, name, why)
+    cannot = (f"cannot redo the damaged shard(s) {', '.join(damaged)} of {job.output}: converting their records "
+              "again does not give the bytes first written (an image changed, or the manifest predates shard "
+              "checksums); start again in a new directory")
+    for number in sorted({entry.get("window", -1) for entry in out.shards if entry["file"] in damaged}):
+        if number < 0:
+            raise JobError(cannot)
+        entries = [entry for entry in out.shards if entry.get("window") == number]
+        first = number * job.rows_per_shard
+        records = itertools.chain.from_iterable(iter_records(p) for p in job.inputs)
+        window = _Window(number, first, list(itertools.islice(records, first, first + job.rows_per_shard)))
+        done = _process_window(job, window, lambda: None)
+        if [(rows, sha256) for _, rows, sha256 in done.files] != [(e["rows"], e.get("sha256")) for e in entries]:
+            for tmp, _, _ in done.files:
+                (job.output / tmp).unlink(missing_ok=True)
+            raise JobError(cannot)
+        for (tmp, _, _), entry in zip(done.files, entries, strict=True):
+            os.replace(job.output / tmp, job.output / entry["file"])
+
+
 def _run(job: PrepJob, out: Job, workers: int, engine: str, progress: bool) -> dict:
     digests = job.output / DIGESTS
     seen = set(digests.read_text(encoding="ascii").split()) if digests.exists() else set()
 
     def commit(done: _Done) -> None:
         """Make a finished window part of the output, in input order."""
-        for tmp, rows in done.files:
-            out.add_shard(job.output / tmp, rows)
+        for tmp, rows, sha256 in done.files:
+            out.add_shard(job.output / tmp, rows, sha256, window=done.number)
         for rejected in done.rejects:
             out.reject(rejected)
         for digest in done.digests:
@@ -350,7 +388,7 @@ def _run(job: PrepJob, out: Job, workers: int, engine: str, progress: bool) -> d
         out.commit(done.read)
 
     windows_ = _windows(job, out.read)
-    bar = out.progress(f"prep {job.kind}", count_records(job.inputs), progress)
+    bar = out.progress(f"prep {job.kind}", count_records(job.inputs) if job.records is None else None, progress)
     pool = None
     try:
         if engine == "ray":
@@ -392,6 +430,11 @@ def _run(job: PrepJob, out: Job, workers: int, engine: str, progress: bool) -> d
             pool.shutdown()  # reaps the workers (their memory then counts in this process's children)
             pool = None
         return out.finish()
+    except OSError:  # a full disk: the windows in flight end before their files are removed
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+            pool = None
+        raise
     finally:
         bar.close()
         if pool is not None:
@@ -431,6 +474,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", default=DEFAULT_TEMPLATE,
                         help=f"RL prompt template: {', '.join(TEMPLATES.names())}, or a file with {{question}} "
                         "{options} {answer_hint}")
+    parser.add_argument("--decontaminate-against", nargs="+", metavar="DIR",
+                        help="prepared evaluation directories (medverl eval prepare): rows sharing an image or a "
+                        "question with one are rejected contaminated:BENCHMARK")
     add_plugins(parser)
 
 
@@ -449,7 +495,10 @@ def run_command(args: argparse.Namespace) -> int:
         template=load_template(args.template),
         plugins=tuple(args.plugins),
         model_family=args.model_family,
+        decontaminate_against=args.decontaminate_against,
     )
+    if options.decontaminate_against:
+        cached_evaluation_keys(options.decontaminate_against)  # a directory that is not prepared: a usage error now
     for path in args.inputs:
         iter_records(path)  # a missing or unknown input is a usage error before anything runs
     job = PrepJob(args.kind, tuple(args.inputs), Path(args.output), options, args.rows_per_shard)

@@ -7,29 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medverl.arguments import EXIT_OK, print_job
-from medverl.data.images import image_digest
+from medverl.data.contamination import evaluation_keys, row_questions
 from medverl.data.job import Job, Reject, excerpt
 from medverl.data.prepared import open_prepared
-from medverl.data.schemas import IMAGE_PLACEHOLDER, KINDS
-from medverl.errors import ConfigError
-from medverl.rewards import normalize
-
-
-def question_key(text: str) -> str:
-    """A question as compared across sets: placeholders removed, :func:`normalize`-d."""
-    return normalize(text.replace(IMAGE_PLACEHOLDER, " "))
-
-
-def _row_questions(row: dict) -> list[str]:
-    info = row.get("extra_info") or {}
-    if info.get("question"):
-        return [info["question"]]
-    messages = row.get("prompt") or row.get("messages") or []
-    return [m["content"] for m in messages if m.get("role") == "user"]
-
-
-def _row_images(row: dict) -> list[str]:
-    return [image_digest(image["bytes"]) for image in row.get("images") or [] if image.get("bytes")]
+from medverl.data.schemas import KINDS
 
 
 @dataclass
@@ -38,21 +19,6 @@ class Contamination:
 
     read: int = 0
     matches: dict[tuple[str, int], list[str]] = field(default_factory=dict)
-
-
-def _eval_keys(against: list[str | Path]) -> tuple[dict[str, str], dict[str, str]]:
-    images, questions = {}, {}
-    for directory in against:
-        for row in open_prepared(directory, ("rl",)).rows():
-            name = row.get("data_source") or Path(directory).name
-            for digest in _row_images(row):
-                images.setdefault(digest, name)
-            for question in _row_questions(row):
-                if key := question_key(question):
-                    questions.setdefault(key, name)
-    if not images and not questions:
-        raise ConfigError(f"no evaluation rows found in {', '.join(map(str, against))}")
-    return images, questions
 
 
 def decontaminate(
@@ -67,7 +33,7 @@ def decontaminate(
         What was found, and the job's manifest (``read == written + rejected``).
     """
     train = open_prepared(train_dir, KINDS)
-    images, questions = _eval_keys(against)
+    keys = evaluation_keys(against)
     result = Contamination()
     spec = {**train.manifest["job"], "decontaminated": {"train": str(train_dir), "against": [str(a) for a in against]}}
     info = {"template": train.template} if train.template else {}
@@ -75,16 +41,14 @@ def decontaminate(
         for shard, table in train.tables():
             keep = []
             for position, row in enumerate(table.to_pylist()):
-                reasons = [f"contaminated_image: its image is in {images[d]}" for d in _row_images(row) if d in images]
-                reasons += [f"contaminated_question: the question is in {questions[k]}"
-                            for k in map(question_key, _row_questions(row)) if k in questions]
+                reasons = [reason for _, reason in keys.matches(row)]
                 extra_info = row.get("extra_info") or {}
                 index = extra_info.get("index", position)
                 keep.append(not reasons)
                 if reasons:
                     result.matches[(shard.name, index)] = reasons
                     job.reject(Reject(reasons[0].split(":", 1)[0], "; ".join(reasons), index,
-                                      extra_info.get("source", ""), excerpt(" ".join(_row_questions(row)))))
+                                      extra_info.get("source", ""), excerpt(" ".join(row_questions(row)))))
             kept = table.filter(keep)
             if kept.num_rows:
                 job.write_table(kept)

@@ -36,9 +36,10 @@ def parse_answer_verdict(content: object) -> dict:
     return {"correct": verdict["correct"], "rationale": rationale if isinstance(rationale, str) else str(rationale)}
 
 
-def answer_judge(config: JudgeConfig, cache_path: str | Path) -> Judge:
-    """The judge that decides whether an open answer means the reference answer."""
-    return Judge(config, read_prompt(ANSWER_PROMPT), ANSWER_PROMPT, parse_answer_verdict, cache_path)
+def answer_judge(config: JudgeConfig, cache_path: str | Path, fallback_path: str | Path | None = None) -> Judge:
+    """The judge that decides whether an open answer means the reference answer (`fallback_path`: see
+    :class:`Judge`)."""
+    return Judge(config, read_prompt(ANSWER_PROMPT), ANSWER_PROMPT, parse_answer_verdict, cache_path, fallback_path)
 
 
 def judged_answer(response: str, options: RewardOptions) -> str | None:

@@ -6,13 +6,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+import unicodedata
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
 from medverl.eval import medevalkit
-from medverl.eval.benchmarks import BENCHMARKS, PUBLISHED
+from medverl.eval.benchmarks import BENCHMARKS, PUBLISHED, PUBLISHED_SIZES
 from medverl.eval.judge import judged_counts
 from medverl.eval.scoring import NO_PREDICTION, SampleScore
 
@@ -60,13 +62,20 @@ def group_metrics(scores: list[SampleScore], key: str) -> dict[tuple[str, str], 
 
 
 PUBLISHED_SUFFIX = " (published)"
+SAMPLE_MARK = "*"  # a cell scored on fewer questions than the published number was measured on
+TABLE_NOTE = (f"Accuracy (%). Rows marked (published) are the seed's table, measured with MedEvalKit on the full test "
+              f"sets; a row \"A − B\" is run A minus B in points. {SAMPLE_MARK}: scored on a sample (fewer questions "
+              "than the published number), so no difference from the published number is shown.")
 
 
-def _row(name: str, values: list[float | None], sign: bool = False) -> list[str]:
+def _row(name: str, values: list[float | None], sign: bool = False, samples: list[bool] | None = None) -> list[str]:
     known = [v for v in values if v is not None]
     average = sum(known) / len(known) if known and len(known) == len(values) else None
     cell = "{:+.1f}" if sign else "{:.1f}"
-    return [name, *(cell.format(v) if v is not None else "-" for v in [*values, average])]
+    marks = [SAMPLE_MARK if sample else "" for sample in samples or [False] * len(values)]
+    average_mark = SAMPLE_MARK if any(marks) else ""
+    return [name, *(cell.format(v) + mark if v is not None else "-"
+                    for v, mark in zip([*values, average], [*marks, average_mark], strict=True))]
 
 
 def seed_table(
@@ -82,17 +91,45 @@ def seed_table(
     reference = {name + PUBLISHED_SUFFIX: [values.get(b) for b in present] for name, values in published.items()}
     runs = {model: [100 * metrics[b]["acc"] if b in metrics else None for b in present]
             for model, metrics in per_model.items()}
-    rows = [_row(name, values) for name, values in {**reference, **runs}.items()]
+    samples = {model: [b in metrics and metrics[b]["n"] < PUBLISHED_SIZES.get(b, 0) for b in present]
+               for model, metrics in per_model.items()}
+    rows = [_row(name, values) for name, values in reference.items()]
+    rows += [_row(model, values, samples=samples[model]) for model, values in runs.items()]
     for model, values in runs.items():
         for name, ref in reference.items():
-            rows.append(_row(f"{model} − {name}", [None if v is None or r is None else v - r
-                                                   for v, r in zip(values, ref, strict=True)], sign=True))
+            rows.append(_row(f"{model} − {name}", [None if v is None or r is None or sample else v - r for v, r, sample
+                                                   in zip(values, ref, samples[model], strict=True)], sign=True))
     return header, rows
 
 
+# What could end a cell, open a code span, a link or image, raw HTML or an autolink, or forge an escape (a backslash
+# makes each literal in CommonMark); emphasis is left alone: it changes no structure.
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`\[\]<>|])")
+_INVISIBLE = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))  # control, format (bidi overrides), surrogates, line breaks
+
+
+def _visible(char: str) -> str:
+    if unicodedata.category(char) not in _INVISIBLE:
+        return char
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def markdown_cell(text: object) -> str:
+    """`text` as one markdown table cell that is also safe to print to a terminal: table pipes, code spans, links and
+    HTML are shown literally (backslash-escaped) and control and format characters (ANSI escapes, newlines, bidi
+    overrides) as ``\\xNN`` / ``\\uNNNN`` escapes.
+
+    >>> markdown_cell("a|b\\x1b[31m<script>")
+    'a\\\\|b\\\\x1b\\\\[31m\\\\<script\\\\>'
+    """
+    return "".join(map(_visible, _MARKDOWN_PUNCTUATION.sub(r"\\\1", str(text))))
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+    """A markdown table, every cell passed through :func:`markdown_cell`."""
+    lines = ["| " + " | ".join(map(markdown_cell, header)) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(map(markdown_cell, r)) + " |" for r in rows]) + "\n"
 
 
 def csv_table(header: list[str], rows: list[list[str]]) -> str:
@@ -113,9 +150,10 @@ def bar_chart(header: list[str], rows: list[list[str]], path: Path) -> None:
     width = 0.8 / max(len(rows), 1)
     figure, axes = plt.subplots(figsize=(max(6, 1.3 * len(columns)), 4), dpi=120)
     for i, row in enumerate(rows):
-        values = [float(v) if v != "-" else 0.0 for v in row[1:]]
+        values = [float(v.rstrip(SAMPLE_MARK)) if v != "-" else 0.0 for v in row[1:]]
         published = row[0].endswith(PUBLISHED_SUFFIX)
-        axes.bar([c + i * width for c in range(len(columns))], values, width, label=row[0],
+        # a "$" would start mathtext, which raises on what it cannot parse
+        axes.bar([c + i * width for c in range(len(columns))], values, width, label=row[0].replace("$", r"\$"),
                  hatch="//" if published else None, alpha=0.6 if published else 1.0)
     axes.set_xticks([c + width * (len(rows) - 1) / 2 for c in range(len(columns))], columns, rotation=20)
     axes.set_ylabel("accuracy (%)")
@@ -139,7 +177,7 @@ def _medevalkit_open_lines(metrics: Mapping[str, dict]) -> list[str]:
              "| benchmark | open n | " + " | ".join(keys) + " | raises |", "|---|" + "---:|" * (len(keys) + 2)]
     for source, m in rows.items():
         cells = ["-" if m[k] is None else f"{m[k]:.4f}" for k in keys]
-        lines.append(f"| {source} | {m['total']} | " + " | ".join(cells) + f" | {m['errors']} |")
+        lines.append(f"| {markdown_cell(source)} | {m['total']} | " + " | ".join(cells) + f" | {m['errors']} |")
     return lines
 
 
@@ -156,33 +194,32 @@ def write_report(runs: dict[str, list[SampleScore]], output: str | Path) -> dict
                     del record["medevalkit_open"]
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
     header, rows = seed_table(per_model)
-    lines = ["# Medical benchmarks", "", markdown_table(header, rows)]
+    lines = ["# Medical benchmarks", "", TABLE_NOTE, "", markdown_table(header, rows)]
     for model, metrics in per_model.items():
-        lines += [f"## {model}", "", "| benchmark | n | acc | closed n | closed acc | open n | open acc | open recall "
-                  "| open F1 | parse failures | missing |", "|---|" + "---:|" * 10]
+        lines += [f"## {markdown_cell(model)}", "", "| benchmark | n | acc | closed n | closed acc | open n | open acc "
+                  "| open recall | open F1 | parse failures | missing |", "|---|" + "---:|" * 10]
         for source, m in metrics.items():
             cells = [m["n"], m["acc"], m["closed_n"], m["closed_acc"], m["open_n"], m["open_acc"], m["open_recall"],
                      m["open_f1"], m["parse_failures"], m["missing"]]
-            lines.append(f"| {source} | " + " | ".join(
+            lines.append(f"| {markdown_cell(source)} | " + " | ".join(
                 "-" if c is None else f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells) + " |")
         judged = {source: m for source, m in metrics.items() if m["judged"] or m["judge_failures"]}
         if judged:
             lines += ["", "LLM judge on the open answers (a failed call scores 0 and is counted here, apart from "
                       "wrong answers; a run given this run's --judge-cache asks only for these):", "",
                       "| benchmark | judged | judge failures |", "|---|---:|---:|"]
-            lines += [f"| {b} | {m['judged']} | {m['judge_failures']} |" for b, m in judged.items()]
+            lines += [f"| {markdown_cell(b)} | {m['judged']} | {m['judge_failures']} |" for b, m in judged.items()]
         lines += _medevalkit_open_lines(metrics)
         for key in ("language", "question_type", "modality"):
             groups = group_metrics(runs[model], key)
             if groups:
                 lines += ["", f"by {key}:", "", f"| benchmark | {key} | n | acc |", "|---|---|---:|---:|"]
-                lines += [f"| {b} | {v} | {g['n']} | {g['acc']:.3f} |" for (b, v), g in groups.items()]
+                lines += [f"| {markdown_cell(b)} | {markdown_cell(v)} | {g['n']} | {g['acc']:.3f} |"
+                          for (b, v), g in groups.items()]
         lines.append("")
     (output / REPORT).write_text("\n".join(lines), encoding="utf-8")
     (output / "table.csv").write_text(csv_table(header, rows), encoding="utf-8")
-    (output / "table.md").write_text(
-        "Accuracy (%). Rows marked (published) are the seed's table, measured with MedEvalKit; a row \"A − B\" is "
-        "run A minus B in points.\n\n" + markdown_table(header, rows), encoding="utf-8")
+    (output / "table.md").write_text(TABLE_NOTE + "\n\n" + markdown_table(header, rows), encoding="utf-8")
     (output / "metrics.json").write_text(json.dumps(per_model, indent=2), encoding="utf-8")
     bar_chart(header, rows, output / "table.png")
     return per_model

@@ -29,6 +29,7 @@ from medverl.rewards import RewardOptions
 
 PREDICTION_FIELDS = ("data_source", "index", "response")
 JUDGE_CACHE = "judge_cache.sqlite"
+UNSAVED_VERDICTS = "judge_cache.unsaved.sqlite"  # the verdicts a read-only or full --judge-cache could not take
 
 
 def load_rows(data_dirs: Iterable[str | Path]) -> dict[tuple[str, int], dict]:
@@ -109,7 +110,7 @@ def score_runs(
     judge_client = None
     if judge is not None:
         Path(output).mkdir(parents=True, exist_ok=True)
-        judge_client = answer_judge(judge, judge_cache or Path(output) / JUDGE_CACHE)
+        judge_client = answer_judge(judge, judge_cache or Path(output) / JUDGE_CACHE, Path(output) / UNSAVED_VERDICTS)
         judge_client.preflight()
     try:
         with Job(output, "eval_scores", spec, resumable=False) as job:

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from medverl.stages import KINDS
+from medverl.training.mixing import STRATEGIES, UNTIL, check_options, check_weight
 
 
 class PipelineError(Exception):
@@ -23,9 +24,30 @@ class PipelineError(Exception):
 
 
 @dataclass(frozen=True)
+class Source:
+    """A train directory of a mixing stage: its name in the mixture and its weight (None: by size)."""
+
+    path: str
+    name: str
+    weight: float | None = None
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """How a stage mixes its train directories (:mod:`medverl.training.mixture`), one :class:`Source` each."""
+
+    sources: tuple[Source, ...]
+    strategy: str = "proportions"
+    temperature: float | None = None
+    samples: int | None = None
+    until: str | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Stage:
     """One training stage: a recipe, its data and what differs for this run; ``kind`` (cpt, sft, grpo) is the
-    recipe's unless the file names it."""
+    recipe's unless the file names it; ``mixture`` when a train directory has a weight or the stage a ``mixture``."""
 
     name: str
     recipe: str
@@ -34,6 +56,7 @@ class Stage:
     max_pixels: int | None = None
     overrides: tuple[str, ...] = ()
     kind: str | None = None
+    mixture: Mixture | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +106,25 @@ def _texts(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ValueError(f"must be a list, got {value!r}")
     return tuple(_text(v) for v in value)
+
+
+def _train(value: Any) -> tuple:
+    """Directories, each a path or a mapping ``{path, weight, name}`` (:func:`_sources` checks those)."""
+    if not isinstance(value, list):
+        raise ValueError(f"must be a list, got {value!r}")
+    return tuple(v if isinstance(v, dict) else _text(v) for v in value)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number, got {value!r}")
+    return float(value)
+
+
+def _seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be an integer >= 0, got {value!r}")
+    return value
 
 
 def _name(value: Any) -> str:
@@ -163,11 +205,23 @@ TRAIN_STAGE_KEYS = (
     Key("name", _name, "the stage's name, and its directory under `output`", required=True),
     Key("recipe", _text, "a recipe of `recipes` (without `.yaml`)", required=True),
     Key("kind", _choice(*KINDS), "`cpt`, `sft` or `grpo`; checked against the recipe", default="the recipe's"),
-    Key("train", _texts, "`medverl prep` output directories, concatenated", required=True),
+    Key("train", _train, "`medverl prep` output directories, concatenated; or mixed: an item `{path, weight, "
+        "name}` (weight: a share, missing = by size; name: the directory's)", required=True),
     Key("val", _texts, "validation directories (a `grpo` stage needs them)", default="none"),
     Key("max_pixels", _positive, "the resolution its data must be prepared at (`medverl prep --max-pixels`)",
         default="unchecked"),
     Key("overrides", _texts, "Hydra overrides of the recipe, `key=value` each", default="none"),
+    Key("mixture", lambda v: v, "mix the train directories with ratios (keys below; also made by any weight)",
+        default="none: concatenated"),
+)
+MIXTURE_KEYS = (
+    Key("strategy", _choice(*STRATEGIES), "`proportions`: shares from the weights; `temperature`: share ∝ "
+        "rows^(1/T)", default="proportions"),
+    Key("temperature", _number, "T > 0 of the temperature strategy (1: by size; larger: flatter)", default="none"),
+    Key("samples", _positive, "samples per epoch", default="the total rows"),
+    Key("until", _choice(*UNTIL), "an epoch ends when the `first` or the `last` source is exhausted",
+        default="the total rows"),
+    Key("seed", _seed, "seeds the epoch's index (same seed, same order)", default="0"),
 )
 EVAL_STAGE_KEYS = (
     Key("name", _name, "the stage's name, and its directory under `output`", required=True),
@@ -230,7 +284,57 @@ def _stage(spec: Any, where: _Where, index: int) -> Stage | EvalStage:
         values = _checked(spec, EVAL_STAGE_KEYS, where, at, stage)
         del values["kind"]
         return EvalStage(**values)
-    return Stage(**_checked(spec, TRAIN_STAGE_KEYS, where, at, stage))
+    values = _checked(spec, TRAIN_STAGE_KEYS, where, at, stage)
+    sources = _sources(values["train"], where, (*at, "train"), f"stage {values['name']}")
+    values["train"] = tuple(source.path for source in sources)
+    if "mixture" in values or any(source.weight is not None for source in sources):
+        values["mixture"] = _mixture(values.get("mixture", {}), sources, where, (*at, "mixture"), f"stage {values['name']}")
+    return Stage(**values)
+
+
+def _sources(items: tuple, where: _Where, at: tuple, stage: str) -> tuple[Source, ...]:
+    """The train items as sources; a bad weight or name is a :class:`PipelineError` naming the stage and the source."""
+    sources = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            sources.append(Source(item, Path(item).name))
+            continue
+        label = f"{where((*at, index), stage)}: train item {index}"
+        if unknown := [k for k in item if k not in ("path", "weight", "name")]:
+            close = difflib.get_close_matches(str(unknown[0]), ("path", "weight", "name"), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise PipelineError(f"{label}: unknown key '{unknown[0]}'; {hint}known: path, weight, name")
+        try:
+            path = _text(item.get("path"))
+        except ValueError:
+            raise PipelineError(f"{label}: needs a path (a `medverl prep` output directory): {{path: DIR, weight: W}}"
+                                ) from None
+        try:
+            name = _name(item["name"]) if "name" in item else Path(path).name
+        except ValueError as exc:
+            raise PipelineError(f"{label} ({path}): 'name' {exc}") from None
+        try:
+            weight = check_weight(item["weight"]) if "weight" in item else None
+        except ValueError as exc:
+            raise PipelineError(f"{label}: source {name} ({path}): {exc}") from None
+        sources.append(Source(path, name, weight))
+    names = [source.name for source in sources]
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise PipelineError(f"{where(at, stage)}: two train sources are named {twice}: tell them apart with "
+                            "{path: DIR, name: NAME}")
+    return tuple(sources)
+
+
+def _mixture(spec: Any, sources: tuple[Source, ...], where: _Where, at: tuple, stage: str) -> Mixture:
+    """A stage's mixture from its ``mixture`` mapping; contradicting keys are a :class:`PipelineError`."""
+    values = _checked(spec, MIXTURE_KEYS, where, at, stage)
+    try:
+        check_options(values.get("strategy", "proportions"), values.get("temperature"), values.get("samples"),
+                      values.get("until"), any(source.weight is not None for source in sources))
+    except ValueError as exc:
+        raise PipelineError(f"{where(at, stage)}: mixture: {exc}") from None
+    return Mixture(sources, **values)
 
 
 def _size(node: yaml.Node, sizes: dict[int, int]) -> int:
@@ -297,10 +401,11 @@ def read(path: str | Path) -> tuple[dict[str, Any], tuple[Stage | EvalStage, ...
 
 
 def keys_table() -> str:
-    """Markdown: every key of the pipeline file and of its two kinds of stage, with default and meaning."""
+    """Markdown: every key of the pipeline file, of its two kinds of stage and of a mixture, with default and
+    meaning."""
     lines = []
     for title, keys in (("the file", PIPELINE_KEYS), ("a training stage", TRAIN_STAGE_KEYS),
-                        ("an eval stage", EVAL_STAGE_KEYS)):
+                        ("a stage's `mixture`", MIXTURE_KEYS), ("an eval stage", EVAL_STAGE_KEYS)):
         lines += [f"| key of {title} | default | meaning |", "|---|---|---|"]
         lines += [f"| `{k.name}` | {'required' if k.required else k.default} | {k.doc} |" for k in keys]
         lines.append("")

@@ -7,6 +7,7 @@ import difflib
 import importlib.util
 import logging
 import os
+import secrets
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,15 +16,21 @@ import yaml
 from omegaconf import DictConfig
 
 from medverl import recipes_dir
-from medverl.data.prepared import PreparedError, open_prepared
+from medverl.data.prepared import Prepared, PreparedError, open_prepared
 from medverl.data.references import check_reward_options
 from medverl.models import ModelFamily, UnknownModelFamily, family_of, get_family
 from medverl.pipeline.file import BASE, EvalStage, PipelineError, Stage, read
 from medverl.stages import CPU_ENVIRONMENT, KINDS, StageKind, kind_of_recipe
+from medverl.training.mixing import Plan, plan
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_RECIPES = recipes_dir()
+LOOPBACK_INTERFACE = "lo"
+MIXTURE_CLASS = ("pkg://medverl.training.mixture", "MixtureDataset")
+# the dataset a recipe without data.custom_cls reads with, per trainer
+VERL_DATASETS = {"ppo": ("pkg://verl.utils.dataset.rl_dataset", "RLHFDataset"),
+                 "sft": ("pkg://verl.utils.dataset.multiturn_sft_dataset", "MultiTurnSFTDataset")}
 
 
 @dataclass(frozen=True)
@@ -161,7 +168,44 @@ class Pipeline:
         if kind.trainer == "ppo":
             arguments += [f"data.image_patch_size={self.family.patch_size}",
                           f"trainer.rollout_data_dir={_quoted(str(self.rollouts(stage)))}"]
-        return [*arguments, *self._overrides(stage)]
+        arguments += self._overrides(stage)
+        # after the stage's own: an override of data.custom_cls names the class each source is read with
+        return [*arguments, *self._mixture_overrides(stage, arguments)] if stage.mixture else arguments
+
+    def _mixture_overrides(self, stage: Stage, arguments: list[str]) -> list[str]:
+        """The overrides that load a mixing stage's data through :mod:`medverl.training.mixture`: the class the
+        recipe reads with (composed with `arguments`) wraps each source."""
+        custom = _compose(self.recipes, stage.recipe, arguments).data.get("custom_cls") or {}
+        path, name = ((custom.get("path"), custom.get("name")) if custom.get("path")
+                      else VERL_DATASETS[self.kind(stage).trainer])
+        mixture = stage.mixture
+        sources = ",".join(
+            f"{{name:{_quoted(s.name)},files:{_hydra_list(self._parquet((s.path,)))}"
+            + (f",weight:{s.weight!r}}}" if s.weight is not None else "}") for s in mixture.sources)
+        options = {"strategy": mixture.strategy, "temperature": mixture.temperature, "samples": mixture.samples,
+                   "until": mixture.until, "seed": mixture.seed}
+        return [f"data.custom_cls.path={MIXTURE_CLASS[0]}", f"data.custom_cls.name={MIXTURE_CLASS[1]}",
+                f"+data.mixture.dataset.path={path}", f"+data.mixture.dataset.name={name}",
+                f"+data.mixture.sources=[{sources}]",
+                *(f"+data.mixture.{key}={value}" for key, value in options.items() if value is not None),
+                f"+data.mixture.draws={_quoted(str(self.draws(stage)))}"]
+
+    def mixture_plan(self, stage: Stage) -> Plan | None:
+        """A mixing stage's epoch per source, from the rows of the prepared manifests (None when it does not mix)."""
+        if stage.mixture is None:
+            return None
+        mixture = stage.mixture
+        rows = [_rows(open_prepared(s.path)) for s in mixture.sources]
+        try:
+            return plan([s.name for s in mixture.sources], rows, [s.weight for s in mixture.sources],
+                        strategy=mixture.strategy, temperature=mixture.temperature, samples=mixture.samples,
+                        until=mixture.until)
+        except ValueError as exc:
+            raise PipelineError(f"stage {stage.name}: {exc}") from None
+
+    def draws(self, stage: Stage) -> Path:
+        """Where a mixing stage's processes log the sources they drew (:class:`medverl.training.mixing.DrawLog`)."""
+        return self.output / "logs" / f"{stage.name}.draws"
 
     def _overrides(self, stage: Stage) -> list[str]:
         """The device's overrides (none on CUDA), then the stage's own, which win."""
@@ -169,10 +213,18 @@ class Pipeline:
         return [*device, *stage.overrides]
 
     def environment(self, stage: Stage | EvalStage) -> dict[str, str]:
-        """The environment a stage's trainer runs in: verl's file logger to the stage's metrics, CPU platform."""
+        """The environment a stage's trainer runs in: verl's file logger to the stage's metrics, the CPU platform,
+        and on one machine what keeps its listeners to itself: gloo on the loopback interface, and a Ray cluster
+        (which listens on every interface) that only holders of a fresh token can join."""
         if isinstance(stage, EvalStage):
             return {}
-        return {"VERL_FILE_LOGGER_PATH": str(self.metrics_log(stage)), **(CPU_ENVIRONMENT if self.device == "cpu" else {})}
+        env = {"VERL_FILE_LOGGER_PATH": str(self.metrics_log(stage)), **(CPU_ENVIRONMENT if self.device == "cpu" else {})}
+        if self.nnodes == 1 and self.device == "cpu":
+            env["GLOO_SOCKET_IFNAME"] = LOOPBACK_INTERFACE
+        ray_given = any(key in os.environ for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"))
+        if self.nnodes == 1 and self.kind(stage).trainer == "ppo" and not ray_given:
+            env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+        return env
 
     def checkpoints(self, stage: Stage) -> Path:
         """The stage's ``trainer.default_local_dir``, where verl saves its checkpoints."""
@@ -257,12 +309,17 @@ class Pipeline:
             if kind.name == "grpo" and not stage.val:
                 problems.append(f"stage {stage.name}: GRPO needs validation data ('val'), prepared like its 'train'")
             reward_kwargs = self.reward_kwargs(stage) if kind.name == "grpo" else None
+            names = {s.path: s.name for s in stage.mixture.sources} if stage.mixture else {}
             for directory in (*stage.train, *stage.val):
+                source = f"source {names[directory]}: " if directory in names else ""
                 try:
                     prepared = open_prepared(directory, (kind.data_kind,))
                 except PreparedError as exc:
-                    problems.append(f"stage {stage.name} ({stage.recipe}): {exc}")
+                    problems.append(f"stage {stage.name} ({stage.recipe}): {source}{exc}")
                     continue
+                if source and not _rows(prepared):
+                    problems.append(f"stage {stage.name}: {source}{directory} has no rows: remove it from the "
+                                    "stage's train list, or prepare data into it")
                 pixels = prepared.options.get("max_pixels")
                 if stage.max_pixels is not None and pixels != stage.max_pixels:
                     problems.append(f"stage {stage.name}: the schedule says max_pixels={stage.max_pixels}, {directory} "
@@ -325,9 +382,10 @@ class Pipeline:
             raise PipelineError(str(exc)) from None
 
     def _torchrun(self, kind: StageKind, environ: dict[str, str]) -> tuple[str, ...]:
-        # torchrun of this interpreter, whether or not its environment is activated
-        args = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={self.nnodes}",
-                f"--nproc_per_node={self.gpus_per_node}"]
+        # torchrun of this interpreter, whether or not its environment is activated; on one machine with its
+        # rendezvous on the loopback interface only
+        runner = "medverl.training.launch" if self.nnodes == 1 else "torch.distributed.run"
+        args = [sys.executable, "-m", runner, f"--nnodes={self.nnodes}", f"--nproc_per_node={self.gpus_per_node}"]
         if self.nnodes == 1:
             args.append("--standalone")
         else:
@@ -447,6 +505,11 @@ def _unknown_key(config: DictConfig, key: str) -> str | None:
             return f"{where} has no key {part!r}; {hint}"
         node = node._get_node(part)
     return None
+
+
+def _rows(prepared: Prepared) -> int:
+    """Rows of a prepared directory, as its manifest counts them."""
+    return sum(int(shard.get("rows", 0)) for shard in prepared.manifest["shards"])
 
 
 def _hydra_list(paths: list[str]) -> str:

@@ -22,6 +22,7 @@ from medverl.pipeline.file import EvalStage, PipelineError, Stage
 from medverl.pipeline.plan import Pipeline
 from medverl.rewards import RewardOptions
 from medverl.training.metrics import StageLog, draw_curves, gather, keep_aside, metric_parts, summary_table
+from medverl.training.mixing import drawn_per_step
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +55,15 @@ def _report(pipeline: Pipeline, state: dict, out) -> None:
         trainer = pipeline.kind(stage).trainer
         if trainer == "ppo":
             options = RewardOptions.from_kwargs(pipeline.reward_kwargs(stage))
-            logs.append(StageLog(stage.name, trainer, pipeline.metrics_log(stage), pipeline.rollouts(stage),
-                                 options.think_prefilled, options.require_think, options.format_weight))
+            log = StageLog(stage.name, trainer, pipeline.metrics_log(stage), pipeline.rollouts(stage),
+                           options.think_prefilled, options.require_think, options.format_weight)
         else:
-            logs.append(StageLog(stage.name, trainer, pipeline.metrics_log(stage)))
+            log = StageLog(stage.name, trainer, pipeline.metrics_log(stage))
+        if stage.mixture is not None:
+            data = pipeline.stage_config(stage).data
+            log = dataclasses.replace(log, draws=pipeline.draws(stage),
+                                      draws_per_step=int(data.get("gen_batch_size") or data.train_batch_size))
+        logs.append(log)
     evaluations = [f"## Evaluation: {stage.name}\n\n" + table.read_text(encoding="utf-8")
                    for stage in pipeline.stages if isinstance(stage, EvalStage) and stage.name in state["stages"]
                    and (table := pipeline.output / stage.name / TABLE_MD).is_file()]
@@ -67,11 +73,35 @@ def _report(pipeline: Pipeline, state: dict, out) -> None:
     if logs:
         rows = gather(logs, pipeline.output / "metrics.jsonl")
         curves = draw_curves(rows, pipeline.output / "curves.png")
-        table = summary_table(rows, state.get("seconds", {}))
+        table = summary_table(rows, state.get("seconds", {})) + _realized_mixtures(pipeline, logs)
         print(f"metrics -> {pipeline.output / 'metrics.jsonl'}" + (f", curves -> {curves}" if curves else ""), file=out)
     table = "\n".join([table, *evaluations]).lstrip("\n")
     (pipeline.output / "summary.md").write_text(table, encoding="utf-8")
     print(table, file=out, flush=True)
+
+
+def _realized_mixtures(pipeline: Pipeline, logs: list[StageLog]) -> str:
+    """Markdown: per mixing stage, each source's requested share beside the samples drawn from it."""
+    tables = []
+    for stage in pipeline.training_stages:
+        if stage.mixture is None or not any(log.name == stage.name for log in logs):
+            continue
+        _, drawn = drawn_per_step(pipeline.draws(stage), [], 1)
+        tables.append(f"\n{stage.name}: mixture (requested, and drawn by its processes)\n\n"
+                      + pipeline.mixture_plan(stage).realized(drawn) + "\n")
+    return "".join(tables)
+
+
+def _mixture_json(pipeline: Pipeline, stage: Stage | EvalStage) -> dict | None:
+    """A mixing stage's mixture for ``--json``: its options and each source's rows, weight, share and samples."""
+    if isinstance(stage, EvalStage) or (plan := pipeline.mixture_plan(stage)) is None:
+        return None
+    options = {k: v for k, v in asdict(stage.mixture).items() if k != "sources"}
+    sources = [{"name": name, "path": source.path, "rows": rows, "weight": weight, "share": share, "samples": count}
+               for source, name, rows, weight, share, count in zip(stage.mixture.sources, plan.names, plan.rows,
+                                                                   plan.weights, plan.shares, plan.samples,
+                                                                   strict=True)]
+    return {**options, "samples_per_epoch": plan.length, "sources": sources}
 
 
 def _missing_models(pipeline: Pipeline, state: dict) -> list[str]:
@@ -97,10 +127,13 @@ def _publish_eval_table(pipeline: Pipeline, stage: EvalStage) -> Path:
     return pipeline.output / TABLE_MD
 
 
-def run_pipeline(pipeline: Pipeline, *, dry_run: bool = False, restart_from: str | None = None, out=None) -> int:
+def run_pipeline(pipeline: Pipeline, *, dry_run: bool = False, restart_from: str | None = None, out=None,
+                 as_json: bool = False) -> int:
     """Run the stages not finished yet, in order, printing to `out` (stdout); returns 0, or raises
-    :class:`PipelineError` naming the stage."""
+    :class:`PipelineError` naming the stage. `as_json`: a dry run that prints its plan as one JSON object."""
     out = out or sys.stdout
+    dry_run = dry_run or as_json
+    planned = []
     if problems := pipeline.check_data():
         raise PipelineError("the data is not ready:\n" + "\n".join(f"  - {p}" for p in problems))
     if problems := pipeline.check_configs():
@@ -127,9 +160,15 @@ def run_pipeline(pipeline: Pipeline, *, dry_run: bool = False, restart_from: str
             spec = json.loads(json.dumps({**asdict(stage), "models": pipeline.eval_checkpoints(index)}))
         else:
             # its kind is its recipe's (checked), so naming it or not is the same stage
-            spec = {k: v for k, v in asdict(stage).items() if k != "kind"}
+            # and a stage that does not mix is recorded as before mixtures existed
+            spec = {k: v for k, v in asdict(stage).items() if k != "kind" and not (k == "mixture" and v is None)}
             spec = json.loads(json.dumps({**spec, "model": pipeline.input_model(index)}))
         done = state["stages"].get(stage.name)
+        if as_json:
+            planned.append({"name": stage.name, "kind": pipeline.kind(stage).name, "finished": done is not None,
+                            "command": command, "environment": pipeline.environment(stage),
+                            "mixture": _mixture_json(pipeline, stage)})
+            continue
         if done is not None:
             if done["spec"] != spec:
                 raise PipelineError(
@@ -142,10 +181,16 @@ def run_pipeline(pipeline: Pipeline, *, dry_run: bool = False, restart_from: str
         if isinstance(stage, EvalStage):
             print(f"[{stage.name}] evaluates {', '.join(f'{c} ({m})' for c, m in pipeline.eval_checkpoints(index))} "
                   f"on {', '.join(f'{b} ({d})' for b, d in stage.benchmarks)}", file=out)
+        if isinstance(stage, Stage) and (mixture := pipeline.mixture_plan(stage)) is not None:
+            print(f"[{stage.name}] mixes {len(mixture.names)} sources ({stage.mixture.strategy}), {mixture.length} "
+                  f"samples per epoch:\n{mixture.table()}", file=out)
         print(f"[{stage.name}] {shlex.join(command)}", file=out, flush=True)
         if not dry_run:
             _run_stage(pipeline, stage, command, state, out)
             _finish(pipeline, stage, spec, state, out)
+    if as_json:
+        print(json.dumps({"model": pipeline.model, "output": str(pipeline.output), "device": pipeline.device,
+                          "stages": planned}, indent=2), file=out)
     return 0
 
 
@@ -159,6 +204,9 @@ def _restart(pipeline: Pipeline, state: dict, names: list[str], dry_run: bool, o
             kept = stage_dir.with_name(f"{name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
             stage_dir.rename(kept)
             print(f"[{name}] previous run moved to {kept}", file=out)
+        draws = pipeline.output / "logs" / f"{name}.draws"
+        if draws.exists() and not dry_run:  # a rerun's draws are counted anew
+            draws.rename(draws.with_name(f"{name}.draws.before-{time.strftime('%Y%m%d-%H%M%S')}"))
         if isinstance(pipeline.stages[[s.name for s in pipeline.stages].index(name)], EvalStage) and not dry_run:
             for table in TABLE_FILES:  # the table will be made again; until then it would be stale
                 (pipeline.output / table).unlink(missing_ok=True)
@@ -239,6 +287,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu", action="store_true",
                         help="run verl's trainers on CPU (medverl.cpu; a small model), whatever the file's device")
     parser.add_argument("--dry-run", action="store_true", help="check the data and print the commands, run nothing")
+    parser.add_argument("--json", action="store_true",
+                        help="a dry run that prints its plan (stages, commands, mixtures) as JSON")
     parser.add_argument("--from", dest="restart_from", metavar="STAGE",
                         help="run this stage and the ones after it again, even if they finished")
 
@@ -255,7 +305,7 @@ def run_command(args: argparse.Namespace) -> int:
         pipeline = Pipeline.load(args.config)
         if args.cpu:
             pipeline = dataclasses.replace(pipeline, device="cpu")
-        return run_pipeline(pipeline, dry_run=args.dry_run, restart_from=args.restart_from)
+        return run_pipeline(pipeline, dry_run=args.dry_run, restart_from=args.restart_from, as_json=args.json)
     except PipelineError as exc:
         print(f"medverl pipeline: {exc}", file=sys.stderr)
         return 1 if isinstance(exc, StageFailed) else 2

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from medverl.arguments import EXIT_NOTHING_USABLE, EXIT_OK, print_job
 from medverl.data.converters import CONVERTERS, PrepOptions, read_content
 from medverl.data.files import DEFAULT_MAX_IMAGE_BYTES, add_image_arguments
-from medverl.data.job import Job, Reject, fingerprint_inputs, windows
+from medverl.data.job import Job, JobError, Reject, fingerprint_inputs, windows
 from medverl.data.records import Record, count_records, iter_records
 from medverl.data.schemas import qc_scores_schema
 from medverl.errors import ConfigError
@@ -34,6 +34,7 @@ from medverl.rewards.options import add_plugins
 WINDOW = 500
 SCHEMA = qc_scores_schema()
 SCORERS = ("rules", "judge")
+JUDGE_CACHE, UNSAVED_VERDICTS = "judge_cache.sqlite", "judge_cache.unsaved.sqlite"
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,10 @@ def run_qc(job: QCJob, *, resume: bool = False, progress: bool = True) -> dict:
     """
     with Job(job.output, "qc_scores", job.fingerprint(), resume=resume,
              info={"dimensions": list(DIMENSIONS)}) as out:
+        if damaged := out.damaged_shards():
+            raise JobError(f"cannot resume {job.output}: shard(s) are damaged: "
+                           + "; ".join(f"{name} {why}" for name, why in list(damaged.items())[:5])
+                           + "; score again in a new directory")
         if out.complete:
             return out.manifest()
         return _score(job, out, progress)
@@ -109,7 +114,9 @@ def _score(job: QCJob, out: Job, progress: bool) -> dict:
         for hashes in pq.read_table(out.directory / shard["file"], columns=["image_hashes"]).column(
                 "image_hashes").to_pylist():
             seen.update(hashes)
-    judge = rubric_judge(job.judge, out.directory / "judge_cache.sqlite") if job.scorer == "judge" else None
+    judge = None
+    if job.scorer == "judge":
+        judge = rubric_judge(job.judge, out.directory / JUDGE_CACHE, out.directory / UNSAVED_VERDICTS)
     if judge is not None:
         try:
             judge.preflight()
@@ -147,7 +154,7 @@ def _score(job: QCJob, out: Job, progress: bool) -> dict:
         return record, text, facts, outcome
 
     try:
-        records = itertools.chain.from_iterable(iter_records(path) for path in job.inputs)
+        records = itertools.chain.from_iterable(iter_records(path, options.max_image_bytes) for path in job.inputs)
         for _, window in windows(records, WINDOW, out.read):
             items = [item for item in map(readable, window) if item is not None]
             rows = []

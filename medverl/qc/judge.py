@@ -7,7 +7,6 @@ cache are :mod:`medverl.http`'s: a call that still fails is a judge failure, cou
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from medverl.http import Judge, JudgeConfig, JudgeReplyError, reply_object
@@ -15,7 +14,6 @@ from medverl.prompts import read_prompt
 from medverl.qc.rules import DIMENSIONS
 
 RUBRIC_VERSION = "qc_rubric_v1"
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def parse_verdict(content: object) -> dict:
@@ -27,11 +25,9 @@ def parse_verdict(content: object) -> dict:
             raise JudgeReplyError(f"{dimension} must be an integer 1-5, got {value!r}")
     if not isinstance(verdict.get("rationale"), str):
         raise JudgeReplyError("rationale must be a string")
-    if _SURROGATE.search(verdict["rationale"]):
-        raise JudgeReplyError("rationale holds a lone surrogate (invalid Unicode)")
     return {**{d: verdict[d] for d in DIMENSIONS}, "rationale": verdict["rationale"]}
 
 
-def rubric_judge(config: JudgeConfig, cache_path: str | Path) -> Judge:
-    """The judge that scores records on the rubric's five dimensions."""
-    return Judge(config, read_prompt(RUBRIC_VERSION), RUBRIC_VERSION, parse_verdict, cache_path)
+def rubric_judge(config: JudgeConfig, cache_path: str | Path, fallback_path: str | Path | None = None) -> Judge:
+    """The judge that scores records on the rubric's five dimensions (`fallback_path`: see :class:`Judge`)."""
+    return Judge(config, read_prompt(RUBRIC_VERSION), RUBRIC_VERSION, parse_verdict, cache_path, fallback_path)

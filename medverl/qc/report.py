@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 
-from medverl.arguments import EXIT_OK
+from medverl.arguments import EXIT_OK, unit_float
 from medverl.data.job import Reject
 from medverl.data.prepared import open_prepared
 from medverl.data.records import iter_jsonl, json_object
@@ -70,20 +70,30 @@ def stratified_sample(rows: list[dict], per_stratum: int = 2) -> list[dict]:
 
 
 def agreement(sample: list[dict], labels_path: str | Path, threshold: float) -> dict:
-    """How often reviewers' pass/fail (``human_pass``) matches ``mean >= threshold``, over the labelled records."""
-    labels, unreadable = {}, []
+    """How often reviewers' pass/fail (``human_pass``) matches ``mean >= threshold``, over the labelled records.
+
+    Only labels of sampled records are kept (a labels file of any length costs no memory).
+
+    Raises:
+        ConfigError: the file cannot be read, or labels none of the sampled records true/false.
+    """
+    wanted = {r["source"] for r in sample}
+    labels, unreadable, skipped = {}, 0, []
     for record in iter_jsonl(labels_path):
         item = json_object(record, ("source",))
         if isinstance(item, Reject) or not isinstance(item["source"], str):
-            unreadable.append(record.source)
-        elif isinstance(item.get("human_pass"), bool):
+            unreadable += 1
+            if len(skipped) < 10:
+                skipped.append(record.source)
+        elif item["source"] in wanted and isinstance(item.get("human_pass"), bool):
             labels[item["source"]] = item["human_pass"]
     if unreadable:
         logger.warning("%s: %d line(s) are not label objects with a source, skipped: %s", labels_path,
-                       len(unreadable), ", ".join(unreadable[:10]))
+                       unreadable, ", ".join(skipped))
     pairs = [(labels[r["source"]], r["mean"] >= threshold) for r in sample if r["source"] in labels]
     if not pairs:
-        raise ValueError(f"{labels_path}: no record with a true/false human_pass matches the sample")
+        raise ConfigError(f"{labels_path}: no line labels a sampled record: each needs the \"source\" of a line of "
+                          "review_sample.jsonl and \"human_pass\": true or false")
     agree = sum(1 for human, scorer in pairs if human == scorer)
     return {"labelled": len(pairs), "agree": agree, "agreement": agree / len(pairs), "threshold": threshold,
             "people_pass_scorer_fails": sum(1 for h, s in pairs if h and not s),
@@ -152,7 +162,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scores", help="a medverl qc score output directory")
     parser.add_argument("--output", required=True, help="directory for report.html and review_sample.jsonl")
     parser.add_argument("--labels", help="review_sample.jsonl with human_pass filled in")
-    parser.add_argument("--threshold", type=float, default=0.5, help="mean score that counts as a pass")
+    parser.add_argument("--threshold", type=unit_float, default=0.5, help="mean score that counts as a pass")
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medverl.stages import ACCURACY, FORMAT_RATE, GENERATION_S, LOSS, REWARD_MEAN, VAL_PREFIX, VAL_SUFFIX
+from medverl.training.mixing import drawn_per_step
 
 logger = logging.getLogger(__name__)
+
+MIXTURE_PREFIX = "mixture/"  # mixture/<source>/samples: samples drawn from a source, cumulative by draw order
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class StageLog:
     think_prefilled: bool = False
     require_think: bool = False
     format_weight: float = 0.1
+    draws: Path | None = None  # a mixing stage's draw logs (medverl.training.mixing.DrawLog)
+    draws_per_step: int = 1
 
 
 def metric_parts(path: Path) -> list[Path]:
@@ -100,6 +105,10 @@ def gather(stages: Sequence[StageLog], output: Path) -> list[dict]:
                                   require_think=stage.require_think, format_weight=stage.format_weight)
             for step, rate in rates.items():
                 steps.setdefault(step, {}).update(rate)
+        if stage.draws is not None and stage.draws.is_dir():
+            drawn, _ = drawn_per_step(stage.draws, list(steps), stage.draws_per_step)
+            for step, sources in drawn.items():
+                steps[step].update({f"{MIXTURE_PREFIX}{name}/samples": float(n) for name, n in sources.items()})
         rows += [{"stage": stage.name, "trainer": stage.trainer, "step": step, **steps[step]} for step in sorted(steps)]
     tmp = output.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")

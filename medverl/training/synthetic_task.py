@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from medverl.arguments import non_negative_int
 from medverl.data.converters import render_prompt
 from medverl.data.schemas import IMAGE_PLACEHOLDER
 from medverl.prompts import load_template
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     """Write the synthetic stain task's records and images."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("output", help="directory for the JSONL files (images go to OUTPUT/images/stain)")
-    parser.add_argument("--seed", type=int, default=0, help="the one seed every image and order derives from")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="the one seed every image and order derives from")
     args = parser.parse_args(argv)
     for name, count in generate(args.output, seed=args.seed).items():
         print(f"{count:4d} records -> {Path(args.output) / name}")

@@ -1,0 +1,277 @@
+"""Weighted data mixtures: the epoch index, the pipeline's mixture keys and checks, the dataset class loaded by verl's
+own dataset factories, and two data-parallel ranks of verl's SFT trainer drawing from one mixture."""
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from medverl.cli import main
+from medverl.pipeline import Pipeline
+from medverl.training.mixing import ROW_BITS, build_index, counts, plan, unpack
+
+REPO = Path(__file__).resolve().parent.parent
+ROWS = (20_000, 30_000, 50_000)
+WEIGHTS = (0.5, 0.3, 0.2)
+
+
+def _realized(index: np.ndarray, sources: int) -> np.ndarray:
+    return np.bincount(index >> ROW_BITS, minlength=sources) / len(index)
+
+
+@pytest.mark.parametrize("strategy", ["proportions", "temperature"])
+@pytest.mark.parametrize("length", [{"samples": 12_345}, {"until": "first"}, {"until": "last"}, {}])
+def test_the_first_10000_samples_hold_the_requested_shares(strategy: str, length: dict) -> None:
+    weights = WEIGHTS if strategy == "proportions" else (None,) * 3
+    mixture = plan("abc", ROWS, weights, strategy=strategy, temperature=3.0 if strategy == "temperature" else None,
+                   **length)
+    assert sum(mixture.samples) == mixture.length >= 10_000
+    realized = _realized(build_index(ROWS, mixture.samples, seed=1)[:10_000], 3)
+    assert np.abs(realized - np.array(mixture.shares)).max() < 0.02, (realized, mixture.shares)
+    if strategy == "temperature":  # share ∝ rows^(1/T): flatter than by size
+        expected = np.array(ROWS) ** (1 / 3)
+        assert np.allclose(mixture.shares, expected / expected.sum())
+
+
+@pytest.mark.parametrize(
+    ("length", "samples"),
+    [
+        ({}, (20_000, 30_000, 50_000)),  # the total rows, at the weights' shares
+        ({"until": "first"}, (20_000, 12_000, 8_000)),  # source a runs out first: no source upsampled
+        ({"until": "last"}, (125_000, 75_000, 50_000)),  # source c runs out last: every row seen
+        ({"samples": 7}, (4, 2, 1)),  # 3.5, 2.1, 1.4: the largest remainder gets the last sample
+    ],
+)
+def test_epoch_lengths_and_integer_counts(length: dict, samples: tuple) -> None:
+    weights = (0.5, 0.3, 0.2) if length else (None,) * 3
+    assert plan("abc", ROWS, weights, **length).samples == samples
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_largest_remainder_sums_exactly(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    share = rng.dirichlet(np.ones(7))
+    for length in (1, 13, 999, 10_007):
+        got = counts(share, length)
+        assert got.sum() == length and np.all(np.abs(got - share * length) < 1)
+
+
+def test_the_index_is_deterministic() -> None:
+    samples = plan("abc", ROWS, WEIGHTS).samples
+    first, again = build_index(ROWS, samples, 7), build_index(ROWS, samples, 7)
+    assert np.array_equal(first, again) and not np.array_equal(first, build_index(ROWS, samples, 8))
+    # shuffled across sources: a sequential sampler sees them interleaved too
+    assert len(set((first[:100] >> ROW_BITS).tolist())) == 3
+
+
+def test_upsampling_cycles_through_permutations_and_downsampling_takes_a_subset() -> None:
+    index = build_index((3, 100), (10, 10), seed=0)
+    pairs = [unpack(v) for v in index]
+    small = np.bincount([row for source, row in pairs if source == 0], minlength=3)
+    assert sorted(small.tolist()) == [3, 3, 4]  # three whole passes, then one more row
+    large = [row for source, row in pairs if source == 1]
+    assert len(set(large)) == 10 and all(0 <= row < 100 for row in large)
+
+
+def test_ten_million_rows_index_into_80_mb() -> None:
+    rows = (1_000_000,) * 10
+    index = build_index(rows, rows, seed=0)
+    assert index.dtype == np.int64 and index.nbytes == 80_000_000
+    assert np.array_equal(np.bincount(index >> ROW_BITS), rows)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Example records prepared as two CPT sources, SFT, RL and an empty CPT source."""
+    root = tmp_path_factory.mktemp("mixture_data")
+    (root / "empty.jsonl").write_text("")
+    ex = REPO / "examples" / "data"
+    for args in (
+        ["caption", ex / "captions.jsonl", "cpt_captions", "200704"],
+        ["caption", ex / "stain_captions.jsonl", "cpt_stain", "200704"],
+        ["caption", root / "empty.jsonl", "cpt_empty", "200704"],
+        ["sft", ex / "sft.jsonl", "sft", "200704"],
+        ["rl", ex / "rl.jsonl", "rl", "802816"],
+        ["rl", ex / "stain_rl.jsonl", "rl_stain", "802816"],
+        ["rl", ex / "rl_val.jsonl", "rl_val", "802816"],
+    ):
+        kind, records, name, pixels = args
+        code = main(["prep", kind, str(records), "--output", str(root / name), "--max-pixels", pixels,
+                     "--image-root", str(ex / "images")])
+        assert code == (1 if name == "cpt_empty" else 0)  # a complete job that wrote nothing exits 1
+    return root
+
+
+def _pipeline(data: Path, tmp_path: Path, stages: list[dict], **changes) -> Path:
+    config = {"model": "Qwen/Qwen2.5-VL-3B-Instruct", "output": str(tmp_path / "out"), "gpus_per_node": 1,
+              "stages": stages, **changes}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _cpt(data: Path, *train, mixture: dict | None = None, **extra) -> dict:
+    items = [{**item, "path": str(data / item["path"])} if isinstance(item, dict) else str(data / item)
+             for item in train]
+    return {"name": "cpt", "recipe": "cpt", "train": items, **({"mixture": mixture} if mixture is not None else {}),
+            **extra}
+
+
+@pytest.mark.parametrize(
+    ("train", "mixture", "error"),
+    [
+        ([{"path": "cpt_captions", "weight": 0}, "cpt_stain"], None,
+         "stage cpt: train item 0: source cpt_captions .*: weight 0 leaves the source out of the mixture: give it a "
+         "weight > 0"),
+        ([{"path": "cpt_captions", "weight": -1}, "cpt_stain"], None,
+         "source cpt_captions .*weight -1 is not a positive finite number"),
+        ([{"path": "cpt_captions", "weight": float("nan")}, "cpt_stain"], None, "weight nan is not a positive"),
+        ([{"path": "cpt_captions", "weight": float("inf")}, "cpt_stain"], None, "weight inf is not a positive"),
+        ([{"path": "cpt_captions", "weight": "0.5"}, "cpt_stain"], None,
+         "weight '0.5' is not a number: write a number without quotes"),
+        ([{"path": "cpt_captions", "weight": 0}, {"path": "cpt_stain", "weight": 0}], None, "weight 0 leaves"),
+        ([{"path": "cpt_captions", "weight": 1}, {"path": "cpt_empty", "weight": 1}], None,
+         "stage cpt: source cpt_empty: .*cpt_empty has no rows: remove it from the stage's train list"),
+        ([{"path": "cpt_captions", "weight": 1}, {"path": "sft", "weight": 1}], None,
+         "stage cpt \\(cpt\\): source sft: .*sft holds sft data"),
+        ([{"path": "cpt_captions", "weight": 1}, {"path": "none", "name": "extra", "weight": 1}], None,
+         "stage cpt \\(cpt\\): source extra: .*none: no such directory"),
+        ([{"path": "cpt_captions", "wieght": 1}], None, "train item 0: unknown key 'wieght'; did you mean 'weight'"),
+        (["cpt_captions", "cpt_stain"], {"strategie": "temperature"},
+         "stage cpt: unknown key 'strategie'; did you mean 'strategy'\\?"),
+        (["cpt_captions", "cpt_stain"], {"samples": 10, "until": "first"},
+         "stage cpt: mixture: samples and until both set the epoch's length: keep one of them"),
+        (["cpt_captions", "cpt_stain"], {"strategy": "temperature", "temperature": 0},
+         "stage cpt: mixture: temperature 0.0 must be a finite number > 0"),
+        (["cpt_captions", "cpt_stain"], {"strategy": "temperature", "temperature": -2},
+         "temperature -2.0 must be a finite number > 0"),
+        ([{"path": "cpt_captions", "weight": 1}, "cpt_stain"], {"strategy": "temperature", "temperature": 2},
+         "strategy temperature sets the shares from the sources' sizes: drop the weights"),
+        ([{"path": "cpt_captions", "weight": 1}, {"path": "cpt_captions", "weight": 2}], None,
+         "two train sources are named cpt_captions: tell them apart"),
+    ],
+)
+def test_bad_mixtures_exit_2_before_anything_runs(data: Path, tmp_path: Path, capsys, train: list, mixture,
+                                                   error: str) -> None:
+    config = _pipeline(data, tmp_path, [_cpt(data, *train, mixture=mixture)])
+    assert main(["pipeline", str(config), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(error, err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_stage_without_weights_or_mixture_runs_as_before(data: Path, tmp_path: Path) -> None:
+    pipeline = Pipeline.load(_pipeline(data, tmp_path, [_cpt(data, "cpt_captions", "cpt_stain")]))
+    assert pipeline.stages[0].mixture is None and pipeline.mixture_plan(pipeline.stages[0]) is None
+    assert not any("mixture" in o.split("=")[0] or "custom_cls" in o.split("=")[0] for o in pipeline.command(0))
+
+
+def test_dry_run_shows_the_mixture_and_json_the_plan(data: Path, tmp_path: Path, capsys) -> None:
+    stage = _cpt(data, {"path": "cpt_captions", "weight": 1, "name": "general"}, {"path": "cpt_stain", "weight": 3},
+                 mixture={"samples": 40, "seed": 3})
+    config = _pipeline(data, tmp_path, [stage])
+    assert main(["pipeline", str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "[cpt] mixes 2 sources (proportions), 40 samples per epoch:" in out
+    assert "| general | 3 | 1 | 25.0% | 10 |" in out and "| cpt_stain | 72 | 3 | 75.0% | 30 |" in out
+    assert main(["pipeline", str(config), "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)
+    cpt = planned["stages"][0]
+    assert cpt["mixture"]["samples_per_epoch"] == 40 and cpt["mixture"]["seed"] == 3
+    assert [(s["name"], s["rows"], s["samples"]) for s in cpt["mixture"]["sources"]] == [("general", 3, 10),
+                                                                                         ("cpt_stain", 72, 30)]
+    command = cpt["command"]
+    assert "data.custom_cls.path=pkg://medverl.training.mixture" in command
+    assert "+data.mixture.dataset.path=pkg://medverl.training.cpt_dataset" in command
+    assert f"+data.mixture.draws='{tmp_path / 'out' / 'logs' / 'cpt.draws'}'" in command
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def tokenizer_and_processor(tiny_processor: Path) -> tuple:
+    """The tiny tokenizer and processor as verl's trainers load them (the processor binds the model config)."""
+    from verl.utils import hf_processor, hf_tokenizer
+
+    return hf_tokenizer(str(tiny_processor)), hf_processor(str(tiny_processor))
+
+
+def test_verls_sft_factory_loads_the_mixture_and_plain_data_for_other_files(data: Path, tmp_path: Path,
+                                                                              tokenizer_and_processor) -> None:
+    from verl.trainer.sft_trainer import create_sft_dataset
+
+    from medverl.training.cpt_dataset import CPTDataset
+    from medverl.training.mixture import MixtureDataset
+
+    stage = _cpt(data, {"path": "cpt_captions", "weight": 1}, {"path": "cpt_stain", "weight": 1},
+                 mixture={"samples": 20})
+    pipeline = Pipeline.load(_pipeline(data, tmp_path, [stage]))
+    config = pipeline.stage_config(pipeline.stages[0]).data
+    tokenizer, processor = tokenizer_and_processor
+    mixture = create_sft_dataset(config.train_files, config, tokenizer, processor)
+    assert isinstance(mixture, MixtureDataset) and len(mixture) == 20
+    assert [len(d) for d in mixture.datasets] == [3, 72] and mixture.plan.samples == (10, 10)
+    for position in range(len(mixture)):
+        source, row = unpack(mixture.index[position])
+        assert mixture[position]["input_ids"].equal(mixture.datasets[source][row]["input_ids"])
+    val = [str(p) for p in sorted((data / "cpt_captions").glob("*.parquet"))]
+    plain = create_sft_dataset(val, config, tokenizer, processor)
+    assert type(plain) is CPTDataset and len(plain) == 3
+
+
+def test_verls_rl_factory_loads_the_mixture_over_rlhf_datasets(data: Path, tmp_path: Path,
+                                                                tokenizer_and_processor) -> None:
+    from verl.trainer.ppo.utils import create_rl_dataset
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    from medverl.training.mixture import MixtureDataset
+
+    stage = {"name": "grpo", "recipe": "grpo", "train": [{"path": str(data / "rl_stain"), "weight": 1},
+                                                          {"path": str(data / "rl"), "weight": 1}],
+             "val": [str(data / "rl_val")], "overrides": ["data.filter_overlong_prompts_workers=1"]}
+    pipeline = Pipeline.load(_pipeline(data, tmp_path, [stage]))
+    config = pipeline.stage_config(pipeline.stages[0]).data
+    tokenizer, processor = tokenizer_and_processor
+    mixture = create_rl_dataset(config.train_files, config, tokenizer, processor, max_samples=50)
+    assert isinstance(mixture, MixtureDataset) and len(mixture) == 50  # max_samples caps the epoch
+    assert all(isinstance(d, RLHFDataset) for d in mixture.datasets) and mixture.plan.samples == (25, 25)
+    source, row = unpack(mixture.index[0])
+    assert mixture[0]["input_ids"].equal(mixture.datasets[source][row]["input_ids"])
+    plain = create_rl_dataset(config.val_files, config, tokenizer, processor, is_train=False)
+    assert type(plain) is RLHFDataset and len(plain) == 2
+
+
+def test_two_data_parallel_ranks_draw_disjoint_halves_of_the_epoch(data: Path, tmp_path: Path, tiny_model: Path,
+                                                                    capsys) -> None:
+    """verl's SFT trainer on CPU with two processes, through the pipeline: 16 samples, 2 per rank per step, 4 steps
+    = one epoch; each rank's draws logged, metrics and summary show the realized mixture."""
+    overrides = ["data.train_batch_size=4", "data.max_length=2048", "data.max_token_len_per_gpu=8192",
+                 "optim.lr_warmup_steps_ratio=0", "trainer.total_epochs=1", "trainer.save_freq=-1",
+                 "trainer.total_training_steps=4", "checkpoint.save_contents=[model,hf_model]"]
+    stage = _cpt(data, {"path": "cpt_captions", "weight": 1}, {"path": "cpt_stain", "weight": 3},
+                 mixture={"samples": 16}, overrides=overrides)
+    config = _pipeline(data, tmp_path, [stage], model=str(tiny_model), device="cpu", gpus_per_node=2)
+    assert main(["pipeline", str(config)]) == 0, capsys.readouterr().out[-3000:]
+    output = tmp_path / "out"
+    draws = sorted((output / "logs" / "cpt.draws").glob("*.jsonl"))
+    ranks = {}
+    for path in draws:
+        for line in path.read_text().splitlines():
+            for source, positions in json.loads(line)["positions"].items():
+                ranks.setdefault(path.name.split("-")[0], []).extend((source, p) for p in positions)
+    assert sorted(ranks) == ["0", "1"] and len(ranks["0"]) == len(ranks["1"]) == 8
+    positions = [{p for _, p in drawn} for drawn in ranks.values()]
+    assert not positions[0] & positions[1] and positions[0] | positions[1] == set(range(16))
+    # each position came from the source the mixture's index says
+    mixture = Pipeline.load(config).mixture_plan(Pipeline.load(config).stages[0])
+    index = build_index(mixture.rows, mixture.samples, seed=0)
+    assert all(mixture.names[unpack(index[p])[0]] == s for drawn in ranks.values() for s, p in drawn)
+    rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    last = rows[-1]
+    assert last["mixture/cpt_captions/samples"] + last["mixture/cpt_stain/samples"] == 16
+    assert last["mixture/cpt_stain/samples"] == 12 and all(math.isfinite(r["train/loss"]) for r in rows)
+    summary = (output / "summary.md").read_text()
+    assert "| cpt_stain | 75.0% | 12 | 75.0% |" in summary
