@@ -1,5 +1,6 @@
-"""An OpenAI-compatible chat client for LLM judges: bounded concurrency and replies, a deadline per call, retries
-with backoff, verdicts cached by content, and the judge's command-line options.
+"""An OpenAI-compatible chat client for LLM judges: bounded concurrency and replies (compressed ones bounded as they
+inflate), a deadline per call, retries with backoff, verdicts cached by content (kept aside when the cache takes no
+writes), and the judge's command-line options.
 
 A call that still fails after its retries is a failure with its error, never a verdict: the QC scorer
 (:mod:`medverl.qc.judge`) and the answer judge (:mod:`medverl.eval.judge`) count those apart.

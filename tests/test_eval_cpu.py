@@ -14,10 +14,11 @@ import yaml
 from PIL import Image
 
 from medverl.cli import main
+from medverl.data.job import MANIFEST, file_sha256
 from medverl.eval import run, stage
 from medverl.eval.samples import write_samples
-from medverl.pipeline import Pipeline, PipelineError, run_pipeline
 from medverl.models import get_family
+from medverl.pipeline import Pipeline, PipelineError, run_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -142,6 +143,10 @@ def _with_bad_image(prepared: Path, out: Path, index: int) -> Path:
     row = next(r for r in rows if r["extra_info"]["index"] == index)
     row["images"][0]["bytes"] = b"\x89PNG\r\n\x1a\n but truncated"
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), shard)
+    # as if the job had written it so: the manifest records the shard as it now is
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["shards"][0].update(bytes=shard.stat().st_size, sha256=file_sha256(shard))
+    (out / MANIFEST).write_text(json.dumps(manifest))
     return out
 
 

@@ -92,11 +92,21 @@ def test_parquet_cells_over_the_bounds_are_rejected_unconverted(tmp_path: Path, 
      [1, 0, 9]),
     (pa.array([[b"ab", b"cd"], [b"e", b"fgh"]], pa.list_(pa.binary(), 2)).slice(1), [3], [0]),
     (pa.array([[("k", "vvv")], [], None], pa.map_(pa.string(), pa.binary())), [3, 0, 0], [1, 0, 0]),
+    # a list view's rows may share values, out of order
+    (pa.ListViewArray.from_arrays([2, 0, 0], [1, 3, 0], pa.array([b"a", b"bbbb", b"cc"])), [2, 4, 0], [0, 0, 0]),
+    (pa.array([[b"abc"], None], pa.large_list_view(pa.binary_view())), [3, 0], [0, 0]),
+    (pa.array(["abc", None, "de"], pa.string_view()), [0, 0, 0], [3, 0, 2]),
     (pa.array([1.5, None]), [0, 0], [0, 0]),
 ])
 def test_cell_sizes_come_from_the_offsets(array: pa.Array, binary: list[int], text: list[int]) -> None:
     got = records._cell_sizes(array)
     assert got[0].tolist() == binary and got[1].tolist() == text
+
+
+def test_a_rejected_rows_excerpt_is_cut_before_it_is_serialised() -> None:
+    record = records.Record("a.parquet[0]", 0, {"image": {"bytes": bytes(50 << 20)}, "q": "y" * (50 << 20)})
+    excerpt = record.rejected("placeholder_mismatch", "r").excerpt
+    assert len(excerpt) == 200 and excerpt.startswith('{"image": {"bytes": "b\'\\\\x00')
 
 
 # --- text formats: a huge field --------------------------------------------------------------------------------
@@ -181,18 +191,19 @@ def _saved(ds) -> bytes:
     return buffer.getvalue()
 
 
-def _encapsulated(syntax: str, frame: bytes) -> bytes:
+def _encapsulated(syntax: str, frame: bytes, side: int = 64) -> bytes:
     from pydicom.encaps import encapsulate
 
-    ds = _dataset(64, 64, syntax)
+    ds = _dataset(side, side, syntax)
     ds.PixelData = encapsulate([frame])
     ds["PixelData"].VR = "OB"
     return _saved(ds)
 
 
-def _rle_bomb() -> bytes:
-    """64 x 64 pixels in the header; one RLE segment of replicate runs that decodes to 600 MB (10 MB on disk)."""
-    return _encapsulated(_RLE, struct.pack("<16L", 1, 64, *[0] * 14) + b"\x81\x00" * ((600 << 20) // 128))
+def _rle_bomb(side: int) -> bytes:
+    """`side` x `side` pixels in the header; one RLE segment of replicate runs that decodes to 600 MB (10 MB on
+    disk)."""
+    return _encapsulated(_RLE, struct.pack("<16L", 1, 64, *[0] * 14) + b"\x81\x00" * ((600 << 20) // 128), side)
 
 
 def _jpeg_bomb() -> bytes:
@@ -240,7 +251,10 @@ DICOM_CASES = {  # name: (file, what the reason says)
     # 8192 x 8192 x 64 bits, true to its header: 512 MB inflated, never decoded
     "deflate_64_bits": (lambda: _deflated(8192, 8192, 64, 8192 * 8192 * 8), "over --max-image-bytes"),
     "many_frames": (_many_frames, "over the pixel limit"),
-    "rle_bomb": (_rle_bomb, "RLE segment 0 of frame 0 decodes to more than"),
+    # 4096 x 4096 in the header, a 10 MB segment: its runs are counted up to 16 MB
+    "rle_bomb": (lambda: _rle_bomb(4096), "RLE segment 0 of frame 0 decodes to more than the 16777216 bytes"),
+    # 64 x 64 in the header, a 10 MB segment: longer than any encoding of 4096 bytes, never walked
+    "rle_too_long": (lambda: _rle_bomb(64), "more than any encoding of the 4096 bytes"),
     "jpeg_bomb": (_jpeg_bomb, "13000x13000 image in a 64x64 file"),
 }
 
@@ -287,6 +301,8 @@ def test_rle_segments_are_counted_not_decoded() -> None:
     _check_rle(header + b"\x01ab\xfe\x00" + b"\x7f" + bytes(128), 4, 0)  # 2 + 3 bytes, then 128: within slack
     with pytest.raises(DicomError, match="segment 1 of frame 3"):
         _check_rle(header + b"\x01ab\xfe\x00" + b"\x81\x00" * 4, 4, 3)  # 4 x 128 bytes from 8
+    with pytest.raises(DicomError, match="holds 400 bytes, more than any encoding of the 4 bytes"):
+        _check_rle(header + b"\x01ab\xfe\x00" + bytes(400), 4, 0)
     with pytest.raises(DicomError, match="16 segments"):
         _check_rle(struct.pack("<16L", 16, *[0] * 15), 4, 0)
 

@@ -1,5 +1,6 @@
 """The job model, the reader of job directories and the template / reward options pairing."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -50,8 +51,10 @@ def test_a_job_accounts_for_every_record_and_resumes_at_its_last_window(tmp_path
     assert json.loads((tmp_path / "out" / "rejects.jsonl").read_text()) == {
         "index": 2, "source": "x:2", "code": "bad", "reason": "why", "excerpt": "{"}
     assert (manifest["read"], manifest["written"], manifest["rejected"], manifest["note"]) == (3, 2, 1, "done")
-    assert manifest["rejected_by_reason"] == {"bad": 1} and manifest["shards"] == [{"file": "part-00000.parquet",
-                                                                                    "rows": 1}]
+    assert manifest["rejected_by_reason"] == {"bad": 1}
+    shard = tmp_path / "out" / "part-00000.parquet"
+    assert manifest["shards"] == [{"file": shard.name, "rows": 1, "bytes": shard.stat().st_size,
+                                   "sha256": hashlib.sha256(shard.read_bytes()).hexdigest()}]
     with Job(tmp_path / "bad", "demo", {}) as job:
         job.commit(1)  # a record neither written nor rejected
         with pytest.raises(RuntimeError, match="read 1 != written 0 \\+ rejected 0"):

@@ -3,7 +3,9 @@ own dataset factories, and two data-parallel ranks of verl's SFT trainer drawing
 
 import json
 import math
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import yaml
 
 from medverl.cli import main
 from medverl.pipeline import Pipeline
-from medverl.training.mixing import ROW_BITS, build_index, counts, plan, unpack
+from medverl.training.mixing import ROW_BITS, build_index, counts, draw_lines, plan, unpack
 
 REPO = Path(__file__).resolve().parent.parent
 ROWS = (20_000, 30_000, 50_000)
@@ -84,6 +86,40 @@ def test_ten_million_rows_index_into_80_mb() -> None:
     assert np.array_equal(np.bincount(index >> ROW_BITS), rows)
 
 
+class _Logged:
+    """A map-style dataset that logs each draw: position i from source i % 2."""
+
+    def __init__(self, directory: Path) -> None:
+        from medverl.training.mixing import DrawLog
+
+        self.log = DrawLog(directory, ("a", "b"), every=3)
+
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, position: int) -> int:
+        self.log.record(position % 2, position)
+        return position
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_draw_logs_hold_every_draw_of_every_process(tmp_path: Path, workers: int) -> None:
+    from torch.utils.data import DataLoader
+
+    from medverl.training.mixing import draw_lines, drawn_per_step
+
+    loader = DataLoader(_Logged(tmp_path), batch_size=4, num_workers=workers, shuffle=True)
+    assert sorted(int(i) for batch in loader for i in batch) == list(range(40))
+    if not workers:
+        loader.dataset.log.flush()  # a worker's log is written when it exits; this process's at its exit
+    files = {name for name, _ in draw_lines(tmp_path)}
+    assert len(files) == max(workers, 1)
+    positions = sorted(p for _, line in draw_lines(tmp_path) for ps in line["positions"].values() for p in ps)
+    assert positions == list(range(40))
+    at, total = drawn_per_step(tmp_path, [1, 5, 10], per_step=4)
+    assert total == {"a": 20, "b": 20} and sum(at[10].values()) == 40 and sum(at[1].values()) <= 4
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Example records prepared as two CPT sources, SFT, RL and an empty CPT source."""
@@ -125,8 +161,7 @@ def _cpt(data: Path, *train, mixture: dict | None = None, **extra) -> dict:
     ("train", "mixture", "error"),
     [
         ([{"path": "cpt_captions", "weight": 0}, "cpt_stain"], None,
-         "stage cpt: train item 0: source cpt_captions .*: weight 0 leaves the source out of the mixture: give it a "
-         "weight > 0"),
+         "stage cpt: train item 0: source cpt_captions .*: weight 0 leaves the source out of the mixture"),
         ([{"path": "cpt_captions", "weight": -1}, "cpt_stain"], None,
          "source cpt_captions .*weight -1 is not a positive finite number"),
         ([{"path": "cpt_captions", "weight": float("nan")}, "cpt_stain"], None, "weight nan is not a positive"),
@@ -222,6 +257,23 @@ def test_verls_sft_factory_loads_the_mixture_and_plain_data_for_other_files(data
     assert type(plain) is CPTDataset and len(plain) == 3
 
 
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"weight": 0}, "data.mixture source a: weight 0 leaves the source out"),
+        ({"weight": "x"}, "data.mixture source a: weight 'x' is not a number"),
+        ({"name": "b"}, "names must be distinct"),
+    ],
+)
+def test_the_class_refuses_bad_raw_verl_keys(tmp_path: Path, change: dict, error: str) -> None:
+    from medverl.training.mixture import MixtureDataset
+
+    files = [str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")]
+    sources = [{"name": "a", "files": files[:1], **change}, {"name": "b", "files": files[1:]}]
+    with pytest.raises(ValueError, match=error):
+        MixtureDataset(parquet_files=files, config={"mixture": {"sources": sources}})
+
+
 def test_verls_rl_factory_loads_the_mixture_over_rlhf_datasets(data: Path, tmp_path: Path,
                                                                 tokenizer_and_processor) -> None:
     from verl.trainer.ppo.utils import create_rl_dataset
@@ -231,15 +283,18 @@ def test_verls_rl_factory_loads_the_mixture_over_rlhf_datasets(data: Path, tmp_p
 
     stage = {"name": "grpo", "recipe": "grpo", "train": [{"path": str(data / "rl_stain"), "weight": 1},
                                                           {"path": str(data / "rl"), "weight": 1}],
-             "val": [str(data / "rl_val")], "overrides": ["data.filter_overlong_prompts_workers=1"]}
+             "val": [str(data / "rl_val")], "overrides": ["data.filter_overlong_prompts_workers=null"]}  # in-process
     pipeline = Pipeline.load(_pipeline(data, tmp_path, [stage]))
     config = pipeline.stage_config(pipeline.stages[0]).data
     tokenizer, processor = tokenizer_and_processor
     mixture = create_rl_dataset(config.train_files, config, tokenizer, processor, max_samples=50)
     assert isinstance(mixture, MixtureDataset) and len(mixture) == 50  # max_samples caps the epoch
     assert all(isinstance(d, RLHFDataset) for d in mixture.datasets) and mixture.plan.samples == (25, 25)
-    source, row = unpack(mixture.index[0])
-    assert mixture[0]["input_ids"].equal(mixture.datasets[source][row]["input_ids"])
+    for position in range(0, 50, 7):
+        source, row = unpack(mixture.index[position])
+        item, expected = mixture[position], mixture.datasets[source][row]
+        assert (item["data_source"], item["index"], item["raw_prompt"]) == (
+            expected["data_source"], expected["index"], expected["raw_prompt"])
     plain = create_rl_dataset(config.val_files, config, tokenizer, processor, is_train=False)
     assert type(plain) is RLHFDataset and len(plain) == 2
 
@@ -275,3 +330,36 @@ def test_two_data_parallel_ranks_draw_disjoint_halves_of_the_epoch(data: Path, t
     assert last["mixture/cpt_stain/samples"] == 12 and all(math.isfinite(r["train/loss"]) for r in rows)
     summary = (output / "summary.md").read_text()
     assert "| cpt_stain | 75.0% | 12 | 75.0% |" in summary
+
+
+def _steps_drawn(draws: Path) -> list[dict[str, list[int]]]:
+    """The positions each logged batch drew, per source, in the order the batches were drawn."""
+    return [{source: sorted(p) for source, p in line["positions"].items()} for _, line in draw_lines(draws)]
+
+
+def test_a_resumed_run_draws_what_an_uninterrupted_run_draws(data: Path, tmp_path: Path, tiny_model: Path) -> None:
+    """verl's SFT trainer on CPU (one process, batches of 4 over a 24-sample mixture): 6 steps straight, against 3
+    steps, a checkpoint, and the same command resumed to 6. verl's StatefulDataLoader brings back the sampler, so
+    the resumed steps draw the uninterrupted run's batches 4 to 6."""
+    overrides = ["data.train_batch_size=4", "data.max_length=2048", "data.max_token_len_per_gpu=8192",
+                 "optim.lr_warmup_steps_ratio=0", "trainer.total_epochs=1", "checkpoint.save_contents=[model,optimizer]"]
+    runs = {}
+    for name, parts in (("straight", [["trainer.total_training_steps=6", "trainer.save_freq=-1"]]),
+                        ("resumed", [["trainer.total_training_steps=3", "trainer.save_freq=3"],
+                                     ["trainer.total_training_steps=6", "trainer.save_freq=-1"]])):
+        stage = _cpt(data, {"path": "cpt_captions", "weight": 1}, {"path": "cpt_stain", "weight": 2},
+                     mixture={"samples": 24, "seed": 7}, overrides=overrides)
+        (tmp_path / name).mkdir()
+        pipeline = Pipeline.load(_pipeline(data, tmp_path / name, [stage], model=str(tiny_model), device="cpu"))
+        environment = {**os.environ, **pipeline.environment(pipeline.stages[0])}
+        (pipeline.output / "logs").mkdir(parents=True)  # where the pipeline points verl's file logger
+        for part in parts:
+            done = subprocess.run([*pipeline.command(0), *part], env=environment, capture_output=True, text=True,
+                                  timeout=900)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        runs[name] = _steps_drawn(pipeline.output / "logs" / "cpt.draws")
+    straight, resumed = runs["straight"], runs["resumed"]
+    assert len(straight) == len(resumed) == 6 and sum(len(p) for b in straight for p in b.values()) == 24
+    assert resumed == straight
+    drawn = {p for batch in straight for positions in batch.values() for p in positions}
+    assert drawn == set(range(24))  # the whole epoch, each sample once

@@ -435,7 +435,8 @@ def test_a_one_machine_run_listens_on_the_loopback_interface_only(tmp_path: Path
 
 
 def test_a_one_machine_grpo_stage_gets_a_fresh_ray_token(workdir: Path, monkeypatch) -> None:
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for variable in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):  # a Ray started in this process sets some
+        monkeypatch.delenv(variable, raising=False)
     pipeline = dataclasses.replace(Pipeline.load(_config(workdir)), device="cpu")
     first, second = (pipeline.environment(pipeline.stages[2]) for _ in range(2))
     assert first["RAY_AUTH_MODE"] == "token" and len(first["RAY_AUTH_TOKEN"]) == 64

@@ -239,3 +239,19 @@ def test_decontaminating_against_a_directory_that_is_not_prepared_is_a_usage_err
     assert main(["prep", "slake", str(slake / "train.json"), "--output", str(tmp_path / "out"),
                  "--decontaminate-against", str(tmp_path)]) == 2
     assert str(tmp_path) in capsys.readouterr().err and not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_public_sets_load_through_verls_datasets(sets: Path, tmp_path: Path, tiny_processor: Path) -> None:
+    from medverl.training.validate import validate
+
+    slake, med = sets / "slake", sets / "llava-med"
+    _prep("slake", [slake / "train.json"], tmp_path / "slake", "--image-root", str(slake / "imgs"))
+    _prep("pmc_vqa", [sets / "pmc-vqa" / "train_2.csv"], tmp_path / "pmc", "--image-root",
+          str(sets / "pmc-vqa" / "figures"))
+    _prep("llava", [sets / "pubmedvision" / "PubMedVision_InstructionTuning_VQA.json"], tmp_path / "pmv",
+          "--image-root", str(sets / "pubmedvision"))
+    _prep("llava", [med / "llava_med_instruct_60k_inline_mention.json"], tmp_path / "med", "--image-root",
+          str(med / "images"))
+    for name in ("slake", "pmc", "pmv", "med"):
+        report = validate(tmp_path / name, str(tiny_processor), max_length=2048)
+        assert report.ok and not report.problems, (name, report.problems)

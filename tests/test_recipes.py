@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from medverl.pipeline import Pipeline
+from medverl.pipeline.file import Source
 
 REPO = Path(__file__).resolve().parent.parent
 PIPELINES = sorted((REPO / "recipes" / "pipelines").glob("*.yaml"))
@@ -46,6 +47,9 @@ def _local(pipeline: Pipeline, data: Path, model: str, output: Path) -> Pipeline
         dataclasses.replace(
             s, train=tuple(str(data / d) for d in dirs[pipeline.kind(s).data_kind]),
             val=(str(data / "rl_val"),) if s.val else (),
+            # a mixing stage mixes the same directories, with equal weights
+            mixture=s.mixture and dataclasses.replace(s.mixture, sources=tuple(
+                Source(str(data / d), d, 1.0) for d in dirs[pipeline.kind(s).data_kind])),
         )
         for s in pipeline.training_stages  # an eval stage trains nothing
     )

@@ -191,7 +191,7 @@ def _check_deflated(stream: memoryview, pixel_limit: int | None, max_bytes: int)
                              "data need: a decompression bomb")
 
 
-def _deflated_header(pieces: Iterator[bytes]):
+def _deflated_header(pieces: Iterator[bytes]) -> tuple[object, int, int]:
     """The header of a deflated dataset, where its pixel data starts and the bytes inflated so far: `pieces` are
     inflated until the header ends in them (at most ``_HEADER_BYTES``)."""
     import pydicom
@@ -268,13 +268,18 @@ def _check_rle(frame: bytes, plane: int, number: int) -> None:
     ends = [*offsets[1:count], len(frame)]
     limit = plane + _RLE_SLACK
     for segment, (start, end) in enumerate(zip(offsets[:count], ends, strict=True)):
+        if end - start > limit + limit // 128 + 1:  # longer than `limit` bytes take as literal runs: never walked
+            raise DicomError(f"RLE segment {segment} of frame {number} holds {end - start} bytes, more than any "
+                             f"encoding of the {plane} bytes of Rows x Columns")
         pos, decoded = start, 0
         while pos < end and decoded <= limit:
             header = frame[pos]
             if header < 128:  # a literal run of header + 1 bytes
                 decoded, pos = decoded + header + 1, pos + header + 2
-            else:  # a replicate run of 257 - header bytes; 128 is a no-op
-                decoded, pos = decoded + (257 - header if header > 128 else 0), pos + (2 if header > 128 else 1)
+            elif header > 128:  # a replicate run of 257 - header bytes
+                decoded, pos = decoded + 257 - header, pos + 2
+            else:  # 128: no operation
+                pos += 1
         if decoded > limit:
             raise DicomError(f"RLE segment {segment} of frame {number} decodes to more than the {plane} bytes of "
                              "Rows x Columns: a decompression bomb")

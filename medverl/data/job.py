@@ -66,6 +66,24 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """Write a whole file under a temporary name, then rename it: never a partial file under its own name.
+
+    Raises:
+        JobError: the disk is full or the file too large (the temporary file removed).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in _NO_ROOM:
+            raise JobError(f"cannot write {path}: {_NO_ROOM[exc.errno]}; make room and run it again") from None
+        raise
+
+
 def _lock(directory: Path) -> int:
     """Take the directory's lock file (an exclusive ``flock``, writing this process's id and command in it);
     returns its descriptor. Raises :class:`JobError` naming the holder when another process has it."""
@@ -157,12 +175,21 @@ def _differences(previous: object, current: object, path: str = "") -> list[str]
 
 
 def _read_manifest(path: Path) -> dict:
+    """The manifest of a job to resume, its fields checked (a shard is named as this job names it, nothing else)."""
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         missing = [key for key in ("read", "written", "rejected", "rejected_by_reason", "shards", "complete", "files")
                    if key not in manifest]
         if missing:
             raise KeyError(", ".join(missing))
+        counts = [manifest[key] for key in ("read", "written", "rejected")]
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+            raise TypeError("read, written and rejected must be counts")
+        if not (isinstance(manifest["files"], dict) and isinstance(manifest["rejected_by_reason"], dict)
+                and isinstance(manifest["shards"], list)
+                and all(isinstance(entry, dict) and entry.get("file") == shard_name(i)
+                        and isinstance(entry.get("rows"), int) for i, entry in enumerate(manifest["shards"]))):
+            raise TypeError("its files, rejects or shards are not as a job writes them")
         return manifest
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise JobError(f"cannot resume {path.parent}: {path.name} is not a readable manifest ({type(exc).__name__}: "

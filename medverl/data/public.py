@@ -11,8 +11,9 @@ Layouts (checked against the files on the Hugging Face Hub and the loaders that 
 - SLAKE, ``BoKelvin/SLAKE``: ``train.json``, ``validation.json`` (``validate.json`` before Feb 2024), ``test.json``:
   JSON arrays of {img_id, img_name, question, answer, q_lang, location, modality, answer_type OPEN|CLOSED,
   base_type, content_type, triple, qid}; ``img_name`` is relative to ``imgs/`` (``imgs.zip``).
-- VQA-RAD ``flaviagiammarino/vqa-rad`` and PathVQA ``flaviagiammarino/path-vqa``: ``data/{split}-NNNNN-of-NNNNN-*.parquet``
-  (train, test; PathVQA also validation) with image {bytes, path}, question, answer.
+- VQA-RAD ``flaviagiammarino/vqa-rad`` and PathVQA ``flaviagiammarino/path-vqa``:
+  ``data/{split}-NNNNN-of-NNNNN-*.parquet`` (train, test; PathVQA also validation) with image {bytes, path},
+  question, answer.
 - PMC-VQA, ``RadGenome/PMC-VQA`` (``xmcmic/PMC-VQA``): ``train_2.csv``/``test_2.csv`` (index, Figure_path, Caption,
   Question, Choice A-D as "A:text", Answer the letter, split) with ``images_2.zip`` unzipped to ``figures/``, or
   the v1 ``train.csv``/``test.csv`` (Figure_path, Question, Answer the text, Choice A-D, Answer_label the letter)
@@ -52,7 +53,7 @@ def _string(row: Mapping, key: str, *, required: bool = True) -> str:
     return str(value)
 
 
-def open_or_closed(answer: str) -> tuple[str, str]:
+def _open_or_closed(answer: str) -> tuple[str, str]:
     """(query_type, answer_type) of a free-form VQA answer: yes/no answers are closed."""
     return ("yes_no", "closed") if answer.strip().lower() in YES_NO else ("jaccard", "open")
 
@@ -64,7 +65,7 @@ def vqa_record(row: Mapping) -> dict:
     image = row.get("image")
     if not isinstance(image, Mapping) or not image.get("bytes"):
         raise Reject("missing_field", "the row has no image bytes (image must be {bytes, path})")
-    query_type, answer_type = open_or_closed(answer)
+    query_type, answer_type = _open_or_closed(answer)
     return {"question": _string(row, "question"), "answer": answer, "query_type": query_type,
             "images": [{"bytes": image["bytes"], "path": image.get("path") or ""}],
             "meta": {"answer_type": answer_type, "language": "en"}}

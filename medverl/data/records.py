@@ -34,6 +34,8 @@ MAX_RECORD_BYTES = 64 << 20
 # Parquet is read in batches of about this many bytes of cells (a row group's average row size decides the rows).
 _BATCH_BYTES = 32 << 20
 _MAX_BATCH_ROWS = 256
+_JSON_DECODER = json.JSONDecoder()
+_ELEMENT_END = re.compile(r"[ \t\r\n]*[,\]]")
 _STRUCTURE = re.compile(r'["\[\]{},]')  # what a JSON scanner outside strings looks for
 _STRING_SPECIAL = re.compile(r'["\\]')  # what ends a JSON string or escapes its next character
 _BOM = b"\xef\xbb\xbf"
@@ -246,10 +248,9 @@ class _ArrayScanner:
             if self.pos < len(self.chunk) or not self._read():
                 return self.chunk[self.pos : self.pos + 1]
 
-    def element(self) -> tuple[str | None, str, int]:
-        """The next element's JSON text (None when over the limit), its first characters and its length: the text
-        up to the ``,`` or ``]`` that ends it, outside strings and brackets."""
-        self.next_char()
+    def element(self) -> tuple[str | None, str]:
+        """The next element's JSON text (None when over the limit) and its first characters: the text up to the
+        ``,`` or ``]`` that ends it, outside strings and brackets."""
         parts: list[str] | None = []
         head, size, depth, in_string, escape = "", 0, 0, False, False
         while True:
@@ -284,7 +285,20 @@ class _ArrayScanner:
             if end is not None:
                 self.pos = end
             if end is not None or not self._read():
-                return (None if parts is None else "".join(parts)), head, size
+                return (None if parts is None else "".join(parts)), head
+
+    def _in_chunk(self) -> tuple[object, str] | None:
+        """The next element and its text when it ends inside the current chunk (most do), decoded at C speed."""
+        try:
+            value, end = _JSON_DECODER.raw_decode(self.chunk, self.pos)
+        except (ValueError, RecursionError):  # cut at the chunk's end, or broken: the scanner finds out which
+            return None
+        # Not followed by "," or "]" in this chunk: a number may go on in the next one ("1." then "5"), or the array
+        # is broken; past the limit: the scanner rejects it. Either way the scanner decides.
+        if end - self.pos > self.limit or not _ELEMENT_END.match(self.chunk, end):
+            return None
+        text, self.pos = self.chunk[self.pos : end], end
+        return value, text
 
     def records(self) -> Iterator[Record]:
         if self.next_char() != "[":
@@ -293,13 +307,15 @@ class _ArrayScanner:
         if self.next_char() == "]":
             return
         while True:
-            text, head, size = self.element()
+            self.next_char()
             source = f"{self.path.name}[{self.index}]"
-            if text is None:
+            if decoded := self._in_chunk():
+                yield checked(Record(source, self.index, decoded[0]), decoded[1])
+            elif (found := self.element())[0] is None:
                 yield Record(source, self.index, error=f"element {self.index} is longer than {self.limit} characters",
-                             code="record_too_large", excerpt=head)
+                             code="record_too_large", excerpt=found[1])
             else:
-                yield checked(Record(source, self.index, self._decoded(text)), text)
+                yield checked(Record(source, self.index, self._decoded(found[0])), found[0])
             self.index += 1
             char = self.next_char()
             if char == "]":
@@ -386,30 +402,45 @@ def _cell_sizes(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         indices = pc.fill_null(array.indices, 0).to_numpy(zero_copy_only=False)
         return _valid(array, binary[indices]), _valid(array, text[indices])
     is_text = pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
-    if is_text or pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind) \
+    is_view = pa.types.is_string_view(kind) or pa.types.is_binary_view(kind)
+    if is_text or is_view or pa.types.is_binary(kind) or pa.types.is_large_binary(kind) \
             or pa.types.is_fixed_size_binary(kind):
-        lengths = pc.fill_null(pc.binary_length(array), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        if is_view:  # 16-byte views, each led by its value's length
+            views = np.frombuffer(array.buffers()[1], dtype="<i4").reshape(-1, 4)
+            lengths = _valid(array, views[array.offset : array.offset + n, 0].astype(np.int64))
+        else:
+            lengths = pc.fill_null(pc.binary_length(array), 0).to_numpy(zero_copy_only=False).astype(np.int64)
         return (np.zeros(n, np.int64), lengths) if is_text else (lengths, np.zeros(n, np.int64))
     if pa.types.is_struct(kind):
         children = [_cell_sizes(array.field(i)) for i in range(kind.num_fields)]
         binary = np.max([b for b, _ in children], axis=0, initial=0) if children else np.zeros(n, np.int64)
         text = np.sum([t for _, t in children], axis=0, dtype=np.int64) if children else np.zeros(n, np.int64)
         return _valid(array, binary), _valid(array, text)
-    if pa.types.is_fixed_size_list(kind):
-        counts = np.full(n, kind.list_size)
-        child = array.values.slice(array.offset * kind.list_size, n * kind.list_size)
-    elif pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind):
-        offsets = array.offsets.to_numpy()
-        counts = np.diff(offsets)
-        child = array.values.slice(offsets[0], offsets[-1] - offsets[0])
-    else:  # numbers, booleans, dates: a few bytes a cell
+    ranges = _value_ranges(array)
+    if ranges is None:  # numbers, booleans, dates: a few bytes a cell
         return np.zeros(n, np.int64), np.zeros(n, np.int64)
-    child_binary, child_text = _cell_sizes(child)
-    parents = np.repeat(np.arange(n), counts)
-    binary = np.zeros(n, np.int64)
-    np.maximum.at(binary, parents, child_binary)
-    text = np.bincount(parents, weights=child_text, minlength=n).astype(np.int64)
-    return _valid(array, binary), _valid(array, text)
+    starts, ends = ranges
+    child_binary, child_text = _cell_sizes(array.values)
+    total = np.concatenate([[0], np.cumsum(child_text)])
+    # reduceat over (start, end) pairs: its even results are the maxima of values[start:end]
+    pairs = np.column_stack([starts, ends]).ravel()
+    binary = np.maximum.reduceat(np.append(child_binary, 0), pairs)[::2] if n else np.zeros(0, np.int64)
+    return _valid(array, np.where(ends > starts, binary, 0)), _valid(array, total[ends] - total[starts])
+
+
+def _value_ranges(array: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
+    """Where each row's values lie in ``array.values`` (start, end), for the list types; else None."""
+    kind = array.type
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind):
+        offsets = array.offsets.to_numpy().astype(np.int64)
+        return offsets[:-1], offsets[1:]
+    if pa.types.is_list_view(kind) or pa.types.is_large_list_view(kind):  # rows may share or reorder values
+        offsets = array.offsets.to_numpy().astype(np.int64)
+        return offsets, offsets + array.sizes.to_numpy().astype(np.int64)
+    if pa.types.is_fixed_size_list(kind):
+        starts = (array.offset + np.arange(len(array), dtype=np.int64)) * kind.list_size
+        return starts, starts + kind.list_size
+    return None
 
 
 def _valid(array: pa.Array, sizes: np.ndarray) -> np.ndarray:

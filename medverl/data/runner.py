@@ -358,9 +358,7 @@ def _redo_damaged(job: PrepJob, out: Job) -> None:
         if number < 0:
             raise JobError(cannot)
         entries = [entry for entry in out.shards if entry.get("window") == number]
-        first = number * job.rows_per_shard
-        records = itertools.chain.from_iterable(iter_records(p) for p in job.inputs)
-        window = _Window(number, first, list(itertools.islice(records, first, first + job.rows_per_shard)))
+        window = next(_windows(job, number * job.rows_per_shard), _Window(number, 0, []))
         done = _process_window(job, window, lambda: None)
         if [(rows, sha256) for _, rows, sha256 in done.files] != [(e["rows"], e.get("sha256")) for e in entries]:
             for tmp, _, _ in done.files:

@@ -120,7 +120,9 @@ def _image_cell(value: object) -> dict | None:
 
 
 @READERS.register("vqa_rad")
-def read_vqa_rad(source: Path, options: ReadOptions = ReadOptions(), benchmark: str = "vqa_rad") -> Iterator[dict | Reject]:
+def read_vqa_rad(
+    source: Path, options: ReadOptions = ReadOptions(), benchmark: str = "vqa_rad",
+) -> Iterator[dict | Reject]:
     """HF ``flaviagiammarino/vqa-rad``: ``data/test-*.parquet`` with image {bytes, path}, question, answer
     (MedEvalKit utils/VQA_RAD/VQA_RAD.py ``load_data``: ``load_dataset(path, split="test")``)."""
     def make(row: dict) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import unicodedata
 from collections import defaultdict
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
+from medverl.data.job import write_text_atomically
 from medverl.eval import medevalkit
 from medverl.eval.benchmarks import BENCHMARKS, PUBLISHED, PUBLISHED_SIZES
 from medverl.eval.judge import judged_counts
@@ -160,7 +162,8 @@ def bar_chart(header: list[str], rows: list[list[str]], path: Path) -> None:
     axes.set_ylim(0, 100)
     axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
-    figure.savefig(path)
+    figure.savefig(path.with_name(f".{path.name}.tmp"), format="png")  # renamed once whole
+    os.replace(path.with_name(f".{path.name}.tmp"), path)
     plt.close(figure)
 
 
@@ -186,13 +189,14 @@ def write_report(runs: dict[str, list[SampleScore]], output: str | Path) -> dict
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     per_model = {model: benchmark_metrics(scores) for model, scores in runs.items()}
-    with (output / SAMPLES).open("w", encoding="utf-8") as f:
+    with (output / f".{SAMPLES}.tmp").open("w", encoding="utf-8") as f:  # renamed once whole
         for scores in runs.values():
             for s in scores:
                 record = asdict(s)
                 if record["medevalkit_open"] is None:  # only --compat medevalkit's open questions carry it
                     del record["medevalkit_open"]
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(output / f".{SAMPLES}.tmp", output / SAMPLES)
     header, rows = seed_table(per_model)
     lines = ["# Medical benchmarks", "", TABLE_NOTE, "", markdown_table(header, rows)]
     for model, metrics in per_model.items():
@@ -217,10 +221,10 @@ def write_report(runs: dict[str, list[SampleScore]], output: str | Path) -> dict
                 lines += [f"| {markdown_cell(b)} | {markdown_cell(v)} | {g['n']} | {g['acc']:.3f} |"
                           for (b, v), g in groups.items()]
         lines.append("")
-    (output / REPORT).write_text("\n".join(lines), encoding="utf-8")
-    (output / "table.csv").write_text(csv_table(header, rows), encoding="utf-8")
-    (output / "table.md").write_text(TABLE_NOTE + "\n\n" + markdown_table(header, rows), encoding="utf-8")
-    (output / "metrics.json").write_text(json.dumps(per_model, indent=2), encoding="utf-8")
+    write_text_atomically(output / REPORT, "\n".join(lines))
+    write_text_atomically(output / "table.csv", csv_table(header, rows))
+    write_text_atomically(output / "table.md", TABLE_NOTE + "\n\n" + markdown_table(header, rows))
+    write_text_atomically(output / "metrics.json", json.dumps(per_model, indent=2))
     bar_chart(header, rows, output / "table.png")
     return per_model
 

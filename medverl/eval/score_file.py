@@ -117,9 +117,9 @@ def score_file(path: str, options: RewardOptions, output: str | Path | None = No
                     "format": sample.format, "pred": sample.pred, "reason": sample.reason}
             job.write_line(json.dumps(line, ensure_ascii=False))
         job.commit(job.written + job.rejected)
+        if output is not None:
+            (Path(output) / REPORT).write_text(summary.markdown(), encoding="utf-8")
         manifest = job.finish()
-    if output is not None:
-        (Path(output) / REPORT).write_text(summary.markdown(), encoding="utf-8")
     return summary, manifest
 
 

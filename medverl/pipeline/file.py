@@ -285,10 +285,11 @@ def _stage(spec: Any, where: _Where, index: int) -> Stage | EvalStage:
         del values["kind"]
         return EvalStage(**values)
     values = _checked(spec, TRAIN_STAGE_KEYS, where, at, stage)
-    sources = _sources(values["train"], where, (*at, "train"), f"stage {values['name']}")
+    named = f"stage {values['name']}"
+    sources = _sources(values["train"], where, (*at, "train"), named)
     values["train"] = tuple(source.path for source in sources)
     if "mixture" in values or any(source.weight is not None for source in sources):
-        values["mixture"] = _mixture(values.get("mixture", {}), sources, where, (*at, "mixture"), f"stage {values['name']}")
+        values["mixture"] = _mixture(values.get("mixture", {}), sources, where, (*at, "mixture"), named)
     return Stage(**values)
 
 

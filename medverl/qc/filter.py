@@ -36,15 +36,6 @@ def parse_thresholds(specs: list[str]) -> dict[str, float]:
     return thresholds
 
 
-def _threshold_spec(spec: str) -> str:
-    """An argparse type: one ``--min`` value, checked as :func:`parse_thresholds` reads it."""
-    try:
-        parse_thresholds([spec])
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--min ")) from None
-    return spec
-
-
 def _subset_means(rows: list[dict], subset_min: float | None) -> dict[str, float]:
     """The subsets whose mean score is under `subset_min`, with their means."""
     subset_scores = defaultdict(list)
@@ -99,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scores", help="a medverl qc score output directory")
     parser.add_argument("--output", required=True, help=f"directory for {KEPT} (the kept records as they came in), "
                         "rejects.jsonl and manifest.json")
-    parser.add_argument("--min", action="append", default=[], metavar="DIMENSION=VALUE", type=_threshold_spec,
+    parser.add_argument("--min", action="append", default=[], metavar="DIMENSION=VALUE",
                         help=f"drop records scoring under VALUE on DIMENSION, one of {', '.join(THRESHOLD_NAMES)} "
                         "(repeatable)")
     parser.add_argument("--subset-min", type=unit_float, help="drop every subset whose mean score is lower")

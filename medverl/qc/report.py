@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 from medverl.arguments import EXIT_OK, unit_float
-from medverl.data.job import Reject
+from medverl.data.job import Reject, write_text_atomically
 from medverl.data.prepared import open_prepared
 from medverl.data.records import iter_jsonl, json_object
 from medverl.errors import ConfigError
@@ -107,10 +107,9 @@ def write_report(scores_dir: str | Path, output: str | Path, *, labels: str | Pa
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     sample = stratified_sample(rows, per_stratum)
-    with (output / "review_sample.jsonl").open("w", encoding="utf-8") as f:
-        for r in sample:
-            f.write(json.dumps({"source": r["source"], "subset": r["subset"], "text": r["text"], "mean": r["mean"],
-                                "human_pass": None}, ensure_ascii=False) + "\n")
+    write_text_atomically(output / "review_sample.jsonl", "".join(
+        json.dumps({"source": r["source"], "subset": r["subset"], "text": r["text"], "mean": r["mean"],
+                    "human_pass": None}, ensure_ascii=False) + "\n" for r in sample))
     result = agreement(sample, labels, threshold) if labels else {}
     dims = [d for d in (*DIMENSIONS, "mean") if any(r[d] is not None for r in rows)]
     histograms = "".join(_histogram_svg([r[d] for r in rows if r[d] is not None], d) for d in dims)
@@ -148,7 +147,7 @@ table {{ border-collapse: collapse; margin: 8px 0; }} td, th {{ border: 1px soli
 {agreement_html}
 <h2>Sample for review</h2><table id="sample"><tr><th>image</th><th>subset</th><th>text</th>{header}<th>rationale</th></tr>
 {sample_rows}</table></body></html>"""
-    (output / "report.html").write_text(page, encoding="utf-8")
+    write_text_atomically(output / "report.html", page)
     return result
 
 

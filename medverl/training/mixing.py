@@ -93,7 +93,7 @@ def epoch_length(rows: Sequence[int], share: np.ndarray, samples: int | None = N
         return int(sum(rows))
     drawn = [n / s for n, s in zip(rows, share, strict=True) if s > 0]
     # the tolerance keeps a source that is exactly exhausted from being rounded past its rows
-    return int(math.floor(min(drawn) * (1 + 1e-12))) if until == "first" else int(math.ceil(max(drawn) * (1 - 1e-12)))
+    return math.floor(min(drawn) * (1 + 1e-12)) if until == "first" else math.ceil(max(drawn) * (1 - 1e-12))
 
 
 def counts(share: np.ndarray, length: int) -> np.ndarray:

@@ -26,7 +26,7 @@ import os
 from omegaconf import OmegaConf
 from torch.utils.data import Dataset
 
-from medverl.training.mixing import DrawLog, build_index, plan, unpack
+from medverl.training.mixing import DrawLog, build_index, check_weight, plan, unpack
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +81,16 @@ class MixtureDataset(Dataset):
         self.names = tuple(str(source["name"]) for source in sources)
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"data.mixture.sources: names must be distinct, got {list(self.names)}")
+        weights = []
+        for name, source in zip(self.names, sources, strict=True):
+            try:
+                weights.append(None if source.get("weight") is None else check_weight(source["weight"]))
+            except ValueError as exc:
+                raise ValueError(f"data.mixture source {name}: {exc}") from None
         self.datasets = [inner(**{keyword: _files(source["files"])}, tokenizer=tokenizer, config=config,
                                processor=processor, max_samples=-1) for source in sources]
         try:
-            self.plan = plan(self.names, [len(d) for d in self.datasets], [source.get("weight") for source in sources],
+            self.plan = plan(self.names, [len(d) for d in self.datasets], weights,
                              strategy=mixture.get("strategy") or "proportions",
                              temperature=mixture.get("temperature"), samples=mixture.get("samples"),
                              until=mixture.get("until"), max_samples=max_samples or -1)
