@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import ctypes
 import hashlib
 import json
 import logging
@@ -37,6 +38,17 @@ DEFAULT_MAX_REPLY_BYTES = 1 << 20
 MAX_TIMEOUT_S, MAX_RETRIES, MAX_CONCURRENCY = 86400.0, 100, 1024
 MAX_BACKOFF_S = 60.0
 API_KEY_VARIABLE = "OPENAI_API_KEY"
+M_ARENA_MAX = -8  # glibc's mallopt parameter: how many malloc arenas threads may create
+JUDGE_ARENAS = 2
+
+
+def _few_malloc_arenas() -> None:
+    """Let the judge's threads share a few malloc arenas. glibc reserves 64 MiB of address space for each thread's
+    own arena: 16 waiting judge threads would fill a 2 GiB address-space limit with reservations never used."""
+    try:
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, JUDGE_ARENAS)
+    except (OSError, AttributeError):  # not glibc: nothing to limit
+        pass
 
 
 class JudgeReplyError(ValueError):
@@ -362,6 +374,7 @@ class Judge:
                                              "Accept-Encoding": ACCEPT_ENCODING},
                                     limits=httpx.Limits(max_connections=config.concurrency))
         # twice the calls in flight: room for requests left running past their deadline
+        _few_malloc_arenas()
         self._calls = ThreadPoolExecutor(2 * config.concurrency, thread_name_prefix="judge-call")
 
     def key(self, text: str, images: Sequence[bytes]) -> str:

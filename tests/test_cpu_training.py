@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from medverl.cli import main
 from medverl.stages import KINDS
@@ -277,3 +278,28 @@ def test_a_raw_main_ppo_run_stops_at_a_query_type_no_reward_knows(tiny_model: Pa
     assert "RolloutFailed" in output and "1 in training" in output, output[-4000:]
     assert "unknown query_type 'laterality'" in output, output[-4000:]  # verl's own log of the reward's error
     assert "step:1 " not in output  # no update ran
+
+
+def test_a_grpo_stage_mixes_its_sources_through_main_ppo(tiny_model: Path, tmp_path: Path) -> None:
+    """Two sources weighted 1:3, 8 prompts an epoch, 2 steps of 4 prompts: main_ppo's own sampler draws through the
+    mixture, every prompt of the epoch once, 2 from the first source and 6 from the second (upsampled)."""
+    from medverl.pipeline import Pipeline, run_pipeline
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, val = _stain_rl(tmp_path / "a")
+    second, _ = _stain_rl(tmp_path / "b")
+    config = {"model": str(tiny_model), "output": str(tmp_path / "out"), "gpus_per_node": 1, "device": "cpu",
+              "stages": [{"name": "grpo", "recipe": "grpo", "val": [str(val)],
+                          "train": [{"path": str(first), "name": "first", "weight": 1},
+                                    {"path": str(second), "name": "second", "weight": 3}],
+                          "mixture": {"samples": 8},
+                          "overrides": [*TINY_GRPO, "trainer.val_before_train=false", "trainer.test_freq=-1",
+                                        "trainer.total_training_steps=2", "trainer.save_freq=2"]}]}
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    with (tmp_path / "pipeline.log").open("w") as log:
+        assert run_pipeline(Pipeline.load(tmp_path / "pipeline.yaml"), out=log) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if r["step"] > 0][-1]
+    assert (last["mixture/first/samples"], last["mixture/second/samples"]) == (2, 6)
+    assert "| second | 75.0% | 6 | 75.0% |" in (tmp_path / "out" / "summary.md").read_text()

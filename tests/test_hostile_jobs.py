@@ -50,13 +50,6 @@ def _run(name: str, *args: object, fsize: int | None = None) -> Result:
     return result
 
 
-@pytest.fixture(autouse=True)
-def _few_malloc_arenas(monkeypatch) -> None:
-    """glibc reserves 64 MiB of address space for each thread's malloc arena; the judge's threads would fill the
-    2 GiB limit with reservations never touched (peak memory is measured as resident memory, unaffected)."""
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
-
-
 def _manifest(directory: Path) -> dict:
     manifest = json.loads((directory / "manifest.json").read_text())
     assert manifest["read"] == manifest["written"] + manifest["rejected"], manifest

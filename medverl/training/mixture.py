@@ -106,6 +106,21 @@ class MixtureDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    # verl's agent loop reads a prompt's images and videos through the dataset class (given the data config), never
+    # through an instance: the wrapped class does it
+    @classmethod
+    async def process_multi_modal_info(cls, messages: list[dict], image_patch_size, config):
+        inner = _inner_class(_plain(config.get("mixture")) or {}, "data_files")
+        if hasattr(inner, "process_multi_modal_info"):
+            return await inner.process_multi_modal_info(messages, image_patch_size=image_patch_size, config=config)
+        images, videos = await inner.process_vision_info(messages, image_patch_size=image_patch_size, config=config)
+        return images, videos, None
+
+    @classmethod
+    async def process_vision_info(cls, messages: list[dict], image_patch_size, config):
+        inner = _inner_class(_plain(config.get("mixture")) or {}, "data_files")
+        return await inner.process_vision_info(messages, image_patch_size=image_patch_size, config=config)
+
     def __getitem__(self, position: int):
         source, row = unpack(self.index[position])
         if self.draws is not None:
