@@ -234,8 +234,9 @@ def _stain_rl(tmp_path: Path, extra: list[dict] = (), plugin: Path | None = None
 
 def test_length_shaping_runs_in_the_cpu_pipeline_and_its_penalty_reaches_the_metrics(tiny_model: Path,
                                                                                      tmp_path: Path) -> None:
-    """length_shaping=overlong (verl's dapo reward manager) on a random model, whose responses run to the limit of 8
-    tokens: with the penalty starting 4 tokens before it, every rollout loses the whole penalty_factor."""
+    """length_shaping=overlong (verl's dapo reward manager) on a random model, whose responses mostly run to the limit
+    of 8 tokens: with the penalty starting 4 tokens before it, each of those loses the whole penalty_factor (a rare
+    sampled end of sequence makes one shorter)."""
     from medverl.pipeline import Pipeline, Stage, run_pipeline
 
     train, val = _stain_rl(tmp_path)
@@ -249,10 +250,12 @@ def test_length_shaping_runs_in_the_cpu_pipeline_and_its_penalty_reaches_the_met
         assert run_pipeline(pipeline, out=log) == 0
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r["step"] > 0]
-    assert len(steps) == 2 and all(r["response_length/mean"] == 8 for r in steps)
-    assert all(r["critic/score/mean"] == pytest.approx(-1.0) for r in steps)  # format 0, penalty -1
+    assert len(steps) == 2
+    for step in steps:  # format 0; a response at the limit loses the whole penalty, a shorter one (EOS) less
+        clipped = step["response_length/clip_ratio"]
+        assert clipped >= 0.5 and -1.0 <= step["critic/score/mean"] <= -clipped + 1e-6, step
     validation = rows[-1]
-    assert validation["val-aux/synthetic_stain/overlong_reward/mean@1"] == pytest.approx(-1.0)
+    assert validation["val-aux/synthetic_stain/overlong_reward/mean@1"] <= -0.5
     assert validation["val-aux/synthetic_stain/format/mean@1"] == 0.0  # medverl's extras survive the dapo manager
 
 
