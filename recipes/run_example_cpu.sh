@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every stage on CPU, end to end: prepares the bundled example records, builds a tiny random Qwen2.5-VL (offline, about
-# a second) and runs recipes/pipelines/example_cpu.yaml with verl's real trainers. No GPU, no downloads; a few minutes.
+# a second) and runs recipes/pipelines/example_cpu.yaml with verl's real trainers. No GPU, no downloads; about 10 minutes
+# on 2 cores.
 #   bash recipes/run_example_cpu.sh [PIPELINE OPTIONS]     (from the repository root; results in runs/example_cpu/)
 set -euo pipefail
 if [ -z "${PYTHON:-}" ]; then
