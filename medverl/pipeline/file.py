@@ -214,6 +214,12 @@ TRAIN_STAGE_KEYS = (
     Key("mixture", lambda v: v, "mix the train directories with ratios (keys below; also made by any weight)",
         default="none: concatenated"),
 )
+SOURCE_KEYS = (
+    Key("path", _text, "a `medverl prep` output directory", required=True),
+    Key("weight", lambda value: value, "its weight in the stage's mixture (relative, > 0)",
+        default="its share of all rows"),
+    Key("name", _name, "its name in the mixture, the metrics and the summary", default="the directory's name"),
+)
 MIXTURE_KEYS = (
     Key("strategy", _choice(*STRATEGIES), "`proportions`: shares from the weights; `temperature`: share ∝ "
         "rows^(1/T)", default="proportions"),
@@ -300,24 +306,13 @@ def _sources(items: tuple, where: _Where, at: tuple, stage: str) -> tuple[Source
         if not isinstance(item, dict):
             sources.append(Source(item, Path(item).name))
             continue
-        label = f"{where((*at, index), stage)}: train item {index}"
-        if unknown := [k for k in item if k not in ("path", "weight", "name")]:
-            close = difflib.get_close_matches(str(unknown[0]), ("path", "weight", "name"), n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise PipelineError(f"{label}: unknown key '{unknown[0]}'; {hint}known: path, weight, name")
+        label = f"{stage}: train item {index}"
+        values = _checked(item, SOURCE_KEYS, where, (*at, index), label)
+        path, name = values["path"], values.get("name", Path(values["path"]).name)
         try:
-            path = _text(item.get("path"))
-        except ValueError:
-            raise PipelineError(f"{label}: needs a path (a `medverl prep` output directory): {{path: DIR, weight: W}}"
-                                ) from None
-        try:
-            name = _name(item["name"]) if "name" in item else Path(path).name
+            weight = check_weight(values["weight"]) if "weight" in values else None
         except ValueError as exc:
-            raise PipelineError(f"{label} ({path}): 'name' {exc}") from None
-        try:
-            weight = check_weight(item["weight"]) if "weight" in item else None
-        except ValueError as exc:
-            raise PipelineError(f"{label}: source {name} ({path}): {exc}") from None
+            raise PipelineError(f"{where((*at, index), label)}: source {name} ({path}): {exc}") from None
         sources.append(Source(path, name, weight))
     names = [source.name for source in sources]
     if len(set(names)) != len(names):
@@ -402,11 +397,12 @@ def read(path: str | Path) -> tuple[dict[str, Any], tuple[Stage | EvalStage, ...
 
 
 def keys_table() -> str:
-    """Markdown: every key of the pipeline file, of its two kinds of stage and of a mixture, with default and
-    meaning."""
+    """Markdown: every key of the pipeline file, of its two kinds of stage, of a weighted train item and of a
+    mixture, with default and meaning."""
     lines = []
     for title, keys in (("the file", PIPELINE_KEYS), ("a training stage", TRAIN_STAGE_KEYS),
-                        ("a stage's `mixture`", MIXTURE_KEYS), ("an eval stage", EVAL_STAGE_KEYS)):
+                        ("a `train` item `{path, weight, name}`", SOURCE_KEYS), ("a stage's `mixture`", MIXTURE_KEYS),
+                        ("an eval stage", EVAL_STAGE_KEYS)):
         lines += [f"| key of {title} | default | meaning |", "|---|---|---|"]
         lines += [f"| `{k.name}` | {'required' if k.required else k.default} | {k.doc} |" for k in keys]
         lines.append("")
