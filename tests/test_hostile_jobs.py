@@ -8,6 +8,7 @@ each case's peak memory is printed (``pytest -s``). The disk-full cases limit th
 
 from __future__ import annotations
 
+import csv
 import errno
 import gzip
 import json
@@ -338,6 +339,7 @@ def test_eval_score_escapes_run_names_and_data_sources(tmp_path: Path) -> None:
     out = tmp_path / "s"
     runs = [name for name in HOSTILE_NAMES if "\x00" not in name]  # argv holds no NUL
     runs += ["$\\frac{1}{$", "$x^$"]  # matplotlib mathtext that does not parse
+    runs += ["@SUM(1+1)*cmd", "-2+3+cmd|' /C calc'!A0", "+1"]  # spreadsheet formulas (and a number that is none)
     args = [arg for run in runs for arg in ("--run", f"{run}={predictions}")]
     result = _run("eval score hostile names", "eval", "score", "--data", tmp_path / "data", *args, "--output", out)
     assert result.rc == 0, result.err[-2000:]
@@ -346,6 +348,20 @@ def test_eval_score_escapes_run_names_and_data_sources(tmp_path: Path) -> None:
         _safe(text)
     assert "## evil\\x1b\\[2J" in result.out and "| a\\|b\\|c |" in result.out
     assert (out / "table.png").stat().st_size > 0
+    with (out / "table.csv").open(newline="", encoding="utf-8") as f:
+        header, *cells = list(csv.reader(f))
+    models = [row[0] for row in cells]
+    assert "'@SUM(1+1)*cmd" in models and "'-2+3+cmd|' /C calc'!A0" in models and "+1" in models
+    for cell in [*header, *(c for row in cells for c in row)]:  # text that would start a formula is quoted
+        assert cell[:1] not in ("=", "+", "-", "@") or _is_number(cell), cell
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def test_qc_report_escapes_everything_from_records(tmp_path: Path) -> None:

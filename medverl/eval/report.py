@@ -106,6 +106,7 @@ def seed_table(
 
 # What could end a cell, open a code span, a link or image, raw HTML or an autolink, or forge an escape (a backslash
 # makes each literal in CommonMark); emphasis is left alone: it changes no structure.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula
 _MARKDOWN_PUNCTUATION = re.compile(r"([\\`\[\]<>|])")
 _INVISIBLE = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))  # control, format (bidi overrides), surrogates, line breaks
 
@@ -134,9 +135,26 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(map(markdown_cell, r)) + " |" for r in rows]) + "\n"
 
 
+def csv_cell(text: object) -> str:
+    """A cell a spreadsheet shows as text: one that would start a formula (``= + - @``, a tab or carriage return)
+    and is not a number gets a leading ``'``.
+
+    >>> [csv_cell(c) for c in ("=HYPERLINK(1)", "-2.5", "+1", "@SUM(A1)", "medverl")]
+    ["'=HYPERLINK(1)", '-2.5', '+1', "'@SUM(A1)", 'medverl']
+    """
+    text = str(text)
+    if text[:1] in _FORMULA_STARTS:
+        try:
+            float(text)
+        except ValueError:
+            return "'" + text
+    return text
+
+
 def csv_table(header: list[str], rows: list[list[str]]) -> str:
+    """CSV of the table, every cell passed through :func:`csv_cell`."""
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
+    csv.writer(buffer, lineterminator="\n").writerows([list(map(csv_cell, r)) for r in [header, *rows]])
     return buffer.getvalue()
 
 
