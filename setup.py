@@ -31,7 +31,7 @@ EXTRAS = {
     # pydicom-data: real DICOM files; setuptools: the wheel the install test builds without build isolation;
     # pytest-xdist: the two test workers of pytest.ini
     "test": ["pytest>=8", "pytest-asyncio", "hypothesis>=6", "pydicom-data", "setuptools>=64",
-             "pytest-xdist>=3.8"],
+             "pytest-xdist"],
     "bench": ["mathruler"],
     "train": ["verl[vllm,fsdp]==0.9.1"],  # torch 2.11 + vLLM 0.24 + flash-attn, GPU only
     # verl's trainers on CPU (medverl.cpu, medverl pipeline --cpu): what main_ppo imports beyond the base install

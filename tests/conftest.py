@@ -1,5 +1,4 @@
-"""Shared fixtures: every test starts from the registries as imported (the built-ins); the longest test files run
-first."""
+"""Shared fixtures: every test starts from the registries as imported (the built-ins)."""
 
 import sys
 from pathlib import Path
@@ -14,16 +13,6 @@ import medverl.prompts  # noqa: F401
 import medverl.qc.rules  # noqa: F401
 from medverl import registry
 from medverl.rewards import registry as rewards
-
-
-# Files whose runs take minutes, longest first: collected ahead of the rest, so that with pytest.ini's two workers
-# (a file each at a time, in collection order) they start at once and the short files fill the other worker.
-LONG_FILES = ("test_cpu_training.py", "test_cpu_grpo.py", "test_mixture.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    order = {name: i for i, name in enumerate(LONG_FILES)}
-    items.sort(key=lambda item: order.get(item.path.name, len(order)))  # stable: the rest keep their order
 
 
 @pytest.fixture(autouse=True)
