@@ -79,13 +79,6 @@ def _number(ds, keyword: str, default: float | None = None, *, integer: bool = F
     return int(number) if integer else number
 
 
-def _first(value: object) -> float:
-    """The first value of a possibly multi-valued DICOM number."""
-    if isinstance(value, str | bytes) or not hasattr(value, "__len__"):
-        return float(value)  # type: ignore[arg-type]
-    return float(value[0])  # type: ignore[index]
-
-
 def linear_window(x: np.ndarray, center: float, width: float) -> np.ndarray:
     """DICOM linear VOI window to uint8: ``clip((x - (c - 0.5)) / (w - 1) + 0.5, 0, 1) * 255``, rounded."""
     scale = max(width - 1.0, 1e-6)

@@ -84,13 +84,6 @@ def build_tiny_tokenizer(family: str = DEFAULT_FAMILY, vocab_size: int = 1000) -
     return tokenizer
 
 
-def save_tiny_tokenizer(directory: str | Path, family: str = DEFAULT_FAMILY) -> Path:
-    """Save the tiny tokenizer where ``verl.utils.hf_tokenizer`` (and ``AutoTokenizer``) can load it."""
-    directory = Path(directory)
-    build_tiny_tokenizer(family).save_pretrained(directory)
-    return directory
-
-
 def save_tiny_processor(directory: str | Path, family: str = DEFAULT_FAMILY) -> Path:
     """Save tokenizer, the family's processor and a tiny model config where verl's ``hf_processor`` loads them.
 
