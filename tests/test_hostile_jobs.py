@@ -415,14 +415,19 @@ def test_numeric_options_are_checked_as_parsed(argv: list[str], capsys) -> None:
 
 @pytest.fixture(scope="module")
 def qc_scores(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("qc")
+    return _qc_scored(tmp_path_factory.mktemp("qc"))[0]
+
+
+def _qc_scored(base: Path) -> tuple[Path, list[object]]:
+    """Six captions of one image scored under `base`, and the ``qc score --resume`` command of that job."""
     images = base / "images"
     images.mkdir()
     _png(images / "a.png")
     records = [{"image": "a.png", "text": f"A frontal chest film number {i}.", "data_source": "s"} for i in range(6)]
-    assert main(["qc", "score", "caption", str(_jsonl(base / "c.jsonl", records)), "--output", str(base / "scores"),
-                 "--image-root", str(images)]) == 0
-    return base / "scores"
+    args = ["qc", "score", "caption", _jsonl(base / "c.jsonl", records), "--output", base / "scores",
+            "--image-root", images]
+    assert main([str(a) for a in args]) == 0
+    return base / "scores", [*args, "--resume"]
 
 
 @pytest.mark.parametrize("labels", ["none-match", "missing", "directory", "dev-zero", "binary", "many"])
@@ -544,21 +549,31 @@ def test_resume_refuses_a_broken_manifest(reference: tuple[Path, Path], images: 
     assert result.rc == 2 and "not a readable manifest" in result.err, result.err[-2000:]
 
 
-def test_qc_resume_refuses_damaged_shards(qc_scores: Path, tmp_path: Path) -> None:
-    out = tmp_path / "scores"
-    out.mkdir()
-    for path in qc_scores.iterdir():
-        (out / path.name).write_bytes(path.read_bytes())
-    shard = out / "part-00000.parquet"
-    shard.write_bytes(shard.read_bytes()[:-10])
-    job = _manifest(out)["job"]
-    result = _run("qc resume damaged shard", "qc", "score", "caption", job["inputs"][0]["path"], "--output", out,
-                  "--image-root", job["image_root"][0], "--resume")
-    assert result.rc == 2 and "part-00000.parquet" in result.err and "damaged" in result.err, result.err[-2000:]
-    for command in (["qc", "filter", out, "--output", tmp_path / "f"],
-                    ["qc", "report", out, "--output", tmp_path / "r"]):
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_qc_resume_redoes_damaged_shards(tmp_path: Path, damage: str) -> None:
+    scores, resume = _qc_scored(tmp_path)
+    first = _shards(scores), _manifest(scores)["shards"]
+    shard = scores / "part-00000.parquet"
+    for command in (["qc", "filter", scores, "--output", tmp_path / "f"],
+                    ["qc", "report", scores, "--output", tmp_path / "r"]):
+        shard.write_bytes(shard.read_bytes()[:-10])
         result = _run(f"{command[1]} damaged shard", *command)
         assert result.rc == 2 and "cut short or changed" in result.err, result.err[-2000:]
+    if damage == "deleted":
+        shard.unlink()
+    result = _run(f"qc resume {damage} shard", *resume)
+    assert result.rc == 0 and "shard part-00000.parquet is damaged" in result.err, result.err[-2000:]
+    assert (_shards(scores), _manifest(scores)["shards"]) == first
+    assert _run("qc report redone", "qc", "report", scores, "--output", tmp_path / "r2").rc == 0
+
+
+def test_qc_resume_refuses_a_shard_it_cannot_redo(tmp_path: Path) -> None:
+    scores, resume = _qc_scored(tmp_path)
+    (scores / "part-00000.parquet").write_bytes(b"PAR1")
+    _png(tmp_path / "images" / "a.png", seed=99)  # the same name, another image: other scores
+    result = _run("qc resume unredoable shard", *resume)
+    assert result.rc == 2 and "cannot redo the damaged shard(s) part-00000.parquet" in result.err, result.err[-2000:]
+    assert not list(scores.glob(".*.tmp"))
 
 
 # --- 7. one job per directory ------------------------------------------------------------------------------------

@@ -205,6 +205,13 @@ def test_judge_over_http_with_failures_and_cache(images: Path, tmp_path: Path, j
     calls_before = len(_Judge.calls)
     assert main([*args, "--output", str(tmp_path / "j2")]) == 0
     assert len(_Judge.calls) - calls_before == 3 + 3  # only the failures are asked again
+    # a damaged shard is scored again on resume: cached verdicts, the failures asked again (and failing alike)
+    shard = tmp_path / "j" / "part-00000.parquet"
+    first = shard.read_bytes()
+    shard.write_bytes(first[:-10])
+    calls_before = len(_Judge.calls)
+    assert main([*args, "--output", str(tmp_path / "j"), "--resume"]) == 0
+    assert len(_Judge.calls) - calls_before == 3 + 3 and shard.read_bytes() == first
 
 
 def test_parse_verdict_schema() -> None:

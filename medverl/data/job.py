@@ -350,8 +350,9 @@ class Job:
                 damaged[entry["file"]] = f"unreadable ({type(exc).__name__}: {str(exc)[:100]})"
         return damaged
 
-    def write_table(self, table: object) -> str:
-        """Write a pyarrow table as the next shard, atomically (without a directory: count its rows)."""
+    def write_table(self, table: object, **info: object) -> str:
+        """Write a pyarrow table as the next shard, atomically (without a directory: count its rows); `info` goes
+        into its manifest entry."""
         import pyarrow.parquet as pq
 
         if self.directory is None:
@@ -359,7 +360,7 @@ class Job:
             return ""
         tmp = self.temporary(shard_name(len(self.shards)))
         pq.write_table(table, tmp)
-        return self.add_shard(tmp, table.num_rows)
+        return self.add_shard(tmp, table.num_rows, **info)
 
     def wrote(self, n: int = 1) -> None:
         """Count `n` records written (by :meth:`add_shard` and :meth:`write_line`, or in the caller's own files)."""

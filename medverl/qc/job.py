@@ -8,10 +8,14 @@ is a row with status ``judge_failed`` and no scores, counted apart: ``read == sc
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import itertools
 import json
+import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +26,7 @@ import pyarrow.parquet as pq
 from medverl.arguments import EXIT_NOTHING_USABLE, EXIT_OK, print_job
 from medverl.data.converters import CONVERTERS, PrepOptions, read_content
 from medverl.data.files import DEFAULT_MAX_IMAGE_BYTES, add_image_arguments
-from medverl.data.job import Job, JobError, Reject, fingerprint_inputs, windows
+from medverl.data.job import Job, JobError, Reject, file_sha256, fingerprint_inputs, windows
 from medverl.data.records import Record, count_records, iter_records
 from medverl.data.schemas import qc_scores_schema
 from medverl.errors import ConfigError
@@ -35,6 +39,7 @@ WINDOW = 500
 SCHEMA = qc_scores_schema()
 SCORERS = ("rules", "judge")
 JUDGE_CACHE, UNSAVED_VERDICTS = "judge_cache.sqlite", "judge_cache.unsaved.sqlite"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ class QCJob:
                 "rubric_version": RUBRIC_VERSION if self.judge else None,
                 "judge_model": self.judge.model if self.judge else None}
 
-    @property
+    @functools.cached_property
     def prep_options(self) -> PrepOptions:
         """The options records are read with: those of ``medverl prep`` by default."""
         return PrepOptions(image_root=tuple(map(Path, self.image_root)), max_image_bytes=self.max_image_bytes,
@@ -95,89 +100,137 @@ def run_qc(job: QCJob, *, resume: bool = False, progress: bool = True) -> dict:
     """Score every record of `job`; returns the manifest (also written to ``OUTPUT/manifest.json``).
 
     Records are read as ``medverl prep`` reads them (:func:`read_content`): a record prep would reject for its
-    fields is rejected here with the same reason; image problems are scored, not rejected.
+    fields is rejected here with the same reason; image problems are scored, not rejected. A resumed job first
+    scores the window of each damaged shard again.
     """
     with Job(job.output, "qc_scores", job.fingerprint(), resume=resume,
              info={"dimensions": list(DIMENSIONS)}) as out:
-        if damaged := out.damaged_shards():
-            raise JobError(f"cannot resume {job.output}: shard(s) are damaged: "
-                           + "; ".join(f"{name} {why}" for name, why in list(damaged.items())[:5])
-                           + "; score again in a new directory")
+        _redo_damaged(job, out)
         if out.complete:
             return out.manifest()
         return _score(job, out, progress)
 
 
-def _score(job: QCJob, out: Job, progress: bool) -> dict:
-    seen: set[str] = set()
-    for shard in out.shards:
-        for hashes in pq.read_table(out.directory / shard["file"], columns=["image_hashes"]).column(
-                "image_hashes").to_pylist():
-            seen.update(hashes)
+@contextlib.contextmanager
+def _scoring(job: QCJob, out: Job) -> Iterator[tuple[object | None, ThreadPoolExecutor]]:
+    """The judge (checked to answer; None for the rules) and the threads records are examined in."""
     judge = None
     if job.scorer == "judge":
         judge = rubric_judge(job.judge, out.directory / JUDGE_CACHE, out.directory / UNSAVED_VERDICTS)
-    if judge is not None:
-        try:
-            judge.preflight()
-        except ConfigError:
-            judge.close()
-            raise
     pool = ThreadPoolExecutor(job.judge.concurrency if judge else os.cpu_count() or 1)
-    bar = out.progress(f"qc {job.scorer}", count_records(job.inputs), progress)
-    options, image_root = job.prep_options, job.prep_options.image_root
-
-    def readable(record: Record) -> tuple | None:
-        if record.error:
-            content = record.rejected(record.code, record.error)
-        else:
-            try:
-                content = read_content(job.kind, record.data, record.position, record.source, options)
-            except Exception as exc:  # a record no check foresaw must cost that record, not the job
-                content = Reject("internal_error", f"{type(exc).__name__}: {exc} (a bug: please report it with "
-                                 "this record)")
-        if isinstance(content, Reject):
-            out.reject(content if content.index is not None else record.rejected(content.code, content.reason))
-            return None
-        return record, content.text, content.images
-
-    def examine(item: tuple) -> tuple:
-        """Image checks (and the judge's verdict): the slow part, run in threads (PIL and HTTP release the GIL)."""
-        record, text, references = item
-        facts = [_image_facts(reference, image_root, options.max_image_bytes) for reference in references]
-        outcome = None
-        if judge is not None:
-            try:
-                outcome = judge.score(text, [f.data for f in facts if f.data])
-            except Exception as exc:  # never the job: the record is a judge failure with the reason
-                outcome = JudgeOutcome(None, error=f"{type(exc).__name__}: {exc}")
-        return record, text, facts, outcome
-
     try:
-        records = itertools.chain.from_iterable(iter_records(path, options.max_image_bytes) for path in job.inputs)
-        for _, window in windows(records, WINDOW, out.read):
-            items = [item for item in map(readable, window) if item is not None]
-            rows = []
-            for record, text, facts, outcome in pool.map(examine, items):  # in input order
-                mark_duplicates(facts, seen)
-                thumbs = [f.thumbnail for f in facts if f.thumbnail]
-                hashes = [f.digest for f in facts if f.digest]
-                if outcome is None:
-                    rows.append(_row(job, record, text, thumbs, hashes, score_rules(text, facts), None, ""))
-                else:
-                    rows.append(_row(job, record, text, thumbs, hashes, None, outcome.verdict, outcome.error))
-            for row in rows:
-                out.count(row["status"])
-            if rows:
-                out.write_table(pa.Table.from_pylist(rows, schema=SCHEMA))
-            out.commit(len(window))
-            bar.update(len(window))
-        return out.finish()
+        if judge is not None:
+            judge.preflight()
+        yield judge, pool
     finally:
-        bar.close()
         pool.shutdown()
         if judge is not None:
             judge.close()
+
+
+def _records(job: QCJob) -> Iterator[Record]:
+    return itertools.chain.from_iterable(iter_records(path, job.max_image_bytes) for path in job.inputs)
+
+
+def _hashes(out: Job, shards: list[dict]) -> set[str]:
+    """The image hashes of the rows in `shards` (the images seen before the next window)."""
+    seen: set[str] = set()
+    for shard in shards:
+        column = pq.read_table(out.directory / shard["file"], columns=["image_hashes"]).column("image_hashes")
+        for hashes in column.to_pylist():
+            seen.update(hashes)
+    return seen
+
+
+def _readable(job: QCJob, record: Record, reject: Callable[[Reject], None]) -> tuple | None:
+    """``(record, text, image references)``, or None once `reject` has the reason the record cannot be scored."""
+    if record.error:
+        content = record.rejected(record.code, record.error)
+    else:
+        try:
+            content = read_content(job.kind, record.data, record.position, record.source, job.prep_options)
+        except Exception as exc:  # a record no check foresaw must cost that record, not the job
+            content = Reject("internal_error", f"{type(exc).__name__}: {exc} (a bug: please report it with "
+                             "this record)")
+    if isinstance(content, Reject):
+        reject(content if content.index is not None else record.rejected(content.code, content.reason))
+        return None
+    return record, content.text, content.images
+
+
+def _examine(job: QCJob, judge: object | None, item: tuple) -> tuple:
+    """Image checks (and the judge's verdict): the slow part, run in threads (PIL and HTTP release the GIL)."""
+    record, text, references = item
+    facts = [_image_facts(reference, job.prep_options.image_root, job.max_image_bytes) for reference in references]
+    outcome = None
+    if judge is not None:
+        try:
+            outcome = judge.score(text, [f.data for f in facts if f.data])
+        except Exception as exc:  # never the job: the record is a judge failure with the reason
+            outcome = JudgeOutcome(None, error=f"{type(exc).__name__}: {exc}")
+    return record, text, facts, outcome
+
+
+def _window_rows(job: QCJob, window: list[Record], seen: set[str], judge: object | None, pool: ThreadPoolExecutor,
+                 reject: Callable[[Reject], None]) -> list[dict]:
+    """The score rows of a window's records, in input order (`seen`: the image hashes of earlier records, which
+    this window's are added to)."""
+    items = [item for item in (_readable(job, record, reject) for record in window) if item is not None]
+    rows = []
+    for record, text, facts, outcome in pool.map(functools.partial(_examine, job, judge), items):
+        mark_duplicates(facts, seen)
+        thumbs = [f.thumbnail for f in facts if f.thumbnail]
+        hashes = [f.digest for f in facts if f.digest]
+        if outcome is None:
+            rows.append(_row(job, record, text, thumbs, hashes, score_rules(text, facts), None, ""))
+        else:
+            rows.append(_row(job, record, text, thumbs, hashes, None, outcome.verdict, outcome.error))
+    return rows
+
+
+def _redo_damaged(job: QCJob, out: Job) -> None:
+    """Score again, in place, the windows of the shards that are not what the manifest says (a warning names each);
+    the rows must come out as first written (checked against the manifest's SHA-256)."""
+    damaged = out.damaged_shards()
+    if not damaged:
+        return
+    for name, why in damaged.items():
+        logger.warning("%s: shard %s is damaged (%s); scoring its records again", job.output, name, why)
+    cannot = (f"cannot redo the damaged shard(s) {', '.join(damaged)} of {job.output}: scoring their records again "
+              "does not give the rows first written (an image or a judge's verdict changed, or the manifest "
+              "predates shard windows); score again in a new directory")
+    if any("window" not in entry for entry in out.shards):
+        raise JobError(cannot)
+    with _scoring(job, out) as (judge, pool):
+        for entry in [entry for entry in out.shards if entry["file"] in damaged]:  # in window order
+            number = entry["window"]
+            seen = _hashes(out, [e for e in out.shards if e["window"] < number])
+            _, window = next(windows(_records(job), WINDOW, number * WINDOW))
+            tmp = out.temporary(entry["file"])
+            pq.write_table(pa.Table.from_pylist(_window_rows(job, window, seen, judge, pool, lambda _: None),
+                                                schema=SCHEMA), tmp)
+            if (pq.ParquetFile(tmp).metadata.num_rows, file_sha256(tmp)) != (entry["rows"], entry.get("sha256")):
+                tmp.unlink()
+                raise JobError(cannot)
+            os.replace(tmp, out.directory / entry["file"])
+
+
+def _score(job: QCJob, out: Job, progress: bool) -> dict:
+    seen = _hashes(out, out.shards)
+    with _scoring(job, out) as (judge, pool):
+        bar = out.progress(f"qc {job.scorer}", count_records(job.inputs), progress)
+        try:
+            for first, window in windows(_records(job), WINDOW, out.read):
+                rows = _window_rows(job, window, seen, judge, pool, out.reject)
+                for row in rows:
+                    out.count(row["status"])
+                if rows:
+                    out.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), window=first // WINDOW)
+                out.commit(len(window))
+                bar.update(len(window))
+            return out.finish()
+        finally:
+            bar.close()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
