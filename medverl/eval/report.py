@@ -136,14 +136,14 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def csv_cell(text: object) -> str:
-    """A cell a spreadsheet shows as text: one that would start a formula (``= + - @``, a tab or carriage return)
-    and is not a number gets a leading ``'``.
+    """A cell a spreadsheet shows as text: one that would start a formula (``= + - @``, a tab or carriage return
+    before more) and is not a number gets a leading ``'``; a lone ``-`` (no value) stays.
 
-    >>> [csv_cell(c) for c in ("=HYPERLINK(1)", "-2.5", "+1", "@SUM(A1)", "medverl")]
-    ["'=HYPERLINK(1)", '-2.5', '+1', "'@SUM(A1)", 'medverl']
+    >>> [csv_cell(c) for c in ("=HYPERLINK(1)", "-2.5", "+1", "@SUM(A1)", "-", "medverl")]
+    ["'=HYPERLINK(1)", '-2.5', '+1', "'@SUM(A1)", '-', 'medverl']
     """
     text = str(text)
-    if text[:1] in _FORMULA_STARTS:
+    if len(text) > 1 and text[0] in _FORMULA_STARTS:
         try:
             float(text)
         except ValueError:
