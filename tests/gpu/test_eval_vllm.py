@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from medverl.cli import main
-from medverl.eval.samples import write_samples
 
 pytestmark = [
     pytest.mark.gpu,
@@ -21,20 +20,16 @@ pytestmark = [
 ]
 
 
-def test_vllm_and_hf_answer_every_question_and_score_alike(tiny_model: Path, tmp_path: Path) -> None:
-    sources = write_samples(tmp_path / "sources")
-    data = []
-    for name in ("vqa_rad", "mmmu_hm"):  # one image per question; one to four
-        data.append(str(tmp_path / name))
-        assert main(["eval", "prepare", name, "--source", str(sources[name]), "--output", data[-1]]) == 0
+def test_vllm_and_hf_answer_every_question_and_score_alike(tiny_model: Path, eval_data: list[str],
+                                                            tmp_path: Path) -> None:
     runs = {}
     for backend in ("vllm", "hf"):
         runs[backend] = tmp_path / f"{backend}.jsonl"
-        assert main(["eval", "run", "--model", str(tiny_model), "--data", *data, "--output", str(runs[backend]),
+        assert main(["eval", "run", "--model", str(tiny_model), "--data", *eval_data, "--output", str(runs[backend]),
                      "--backend", backend, "--max-tokens", "8"]) == 0
         lines = [json.loads(line) for line in runs[backend].read_text().splitlines()]
         assert len(lines) == 7 and all(isinstance(p["response"], str) for p in lines)
-    assert main(["eval", "score", "--data", *data, *(f"--run={b}={p}" for b, p in runs.items()),
+    assert main(["eval", "score", "--data", *eval_data, *(f"--run={b}={p}" for b, p in runs.items()),
                  "--output", str(tmp_path / "report")]) == 0
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert {b: sum(m["n"] for m in metrics[b].values()) for b in runs} == {"vllm": 7, "hf": 7}
