@@ -733,6 +733,28 @@ def test_workers_die_with_a_killed_parent(world: dict, tmp_path: Path) -> None:
     ["dicom", "x.dcm", "--output", "o", "--pixel-limit", "0"],
     ["prep", "rl", "x.jsonl", "--output", "o", "--image-root", "/nonexistent/images"],
     ["qc", "score", "rl", "x.jsonl", "--output", "o", "--image-root", "/nonexistent/images"],
+    ["qc", "report", "s", "--output", "o", "--threshold", "nan"],
+    ["qc", "report", "s", "--output", "o", "--threshold", "5"],
+    ["qc", "report", "s", "--output", "o", "--threshold", "-1"],
+    ["qc", "report", "s", "--output", "o", "--threshold", "inf"],
+    ["qc", "filter", "s", "--output", "o", "--subset-min", "-0.5"],
+    ["qc", "filter", "s", "--output", "o", "--subset-min", "inf"],
+    ["score", "--input", "x.jsonl", "--format-weight", "5"],
+    ["score", "--input", "x.jsonl", "--format-weight", "-1"],
+    ["eval", "score", "--data", "d", "--run", "m=p", "--output", "o", "--judge-timeout", "1e308"],
+    ["eval", "score", "--data", "d", "--run", "m=p", "--output", "o", "--judge-timeout=-inf"],
+    ["eval", "score", "--data", "d", "--run", "m=p", "--output", "o", "--judge-retries", "100000"],
+    ["eval", "score", "--data", "d", "--run", "m=p", "--output", "o", "--judge-concurrency", "1000000"],
+    ["eval", "score", "--data", "d", "--run", "m=p", "--output", "o", "--judge-concurrency", "nan"],
+    ["prep", "rl", "x.jsonl", "--output", "o", "--max-pixels", str(2**64)],  # past an int64 column
+    ["prep", "rl", "x.jsonl", "--output", "o", "--rows-per-shard", "1" + "0" * 30],
+    ["prep", "rl", "x.jsonl", "--output", "o", "--workers", "1e3"],
+    ["dicom", "x.dcm", "--output", "o", "--preset", "40,nan"],
+    ["dicom", "x.dcm", "--output", "o", "--preset", "nan,400"],
+    ["dicom", "x.dcm", "--output", "o", "--preset", "40,-400"],
+    ["dicom", "x.dcm", "--output", "o", "--preset", "40,inf"],
+    ["dicom", "x.dcm", "--output", "o", "--preset", "40,0"],
+    ["eval", "run", "--model", "m", "--data", "d", "--output", "o", "--max-tokens", "0"],
 ])
 def test_bad_numbers_are_refused_as_options_are_parsed(argv: list[str], capsys) -> None:
     from medverl.cli import main
