@@ -22,7 +22,7 @@ import os
 import shlex
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TypeVar
 
@@ -349,6 +349,35 @@ class Job:
             except Exception as exc:  # an unreadable footer: pyarrow raises several kinds
                 damaged[entry["file"]] = f"unreadable ({type(exc).__name__}: {str(exc)[:100]})"
         return damaged
+
+    def redo_damaged(self, make: Callable[[int], list[Path]], doing: str, changed: str,
+                     damaged: dict[str, str] | None = None) -> None:
+        """Make again, in place, the shards that are not what the manifest says (`damaged`, else
+        :meth:`damaged_shards`; a warning names each): ``make(window)`` writes that window's shards again as
+        temporary files, which replace them when their rows and SHA-256 are the recorded ones. Otherwise (`changed`
+        says what can make them differ) the files are removed and :class:`JobError` says to start again; `doing`
+        names the work ("converting")."""
+        import pyarrow.parquet as pq
+
+        damaged = self.damaged_shards() if damaged is None else damaged
+        for name, why in damaged.items():
+            logger.warning("%s: shard %s is damaged (%s); %s its records again", self.directory, name, why, doing)
+        cannot = (f"cannot redo the damaged shard(s) {', '.join(damaged)} of {self.directory}: {doing} their records "
+                  f"again does not give the bytes first written ({changed}, or the manifest predates shard windows); "
+                  "start again in a new directory")
+        hit = [entry for entry in self.shards if entry["file"] in damaged]
+        if any("window" not in entry for entry in hit):
+            raise JobError(cannot)
+        for number in sorted({entry["window"] for entry in hit}):
+            entries = [entry for entry in self.shards if entry.get("window") == number]
+            made = make(number)
+            if [(pq.ParquetFile(path).metadata.num_rows, file_sha256(path)) for path in made] != [
+                    (entry["rows"], entry.get("sha256")) for entry in entries]:
+                for path in made:
+                    path.unlink(missing_ok=True)
+                raise JobError(cannot)
+            for path, entry in zip(made, entries, strict=True):
+                os.replace(path, self.directory / entry["file"])
 
     def write_table(self, table: object, **info: object) -> str:
         """Write a pyarrow table as the next shard, atomically (without a directory: count its rows); `info` goes

@@ -346,26 +346,14 @@ def run_prep(
 
 
 def _redo_damaged(job: PrepJob, out: Job) -> None:
-    """Convert again, in place, the windows of the shards that are not what the manifest says (a warning names each):
-    the same records give the same bytes, checked against the manifest's SHA-256."""
-    damaged = out.damaged_shards()
-    for name, why in damaged.items():
-        logger.warning("%s: shard %s is damaged (%s); converting its records again", job.output, name, why)
-    cannot = (f"cannot redo the damaged shard(s) {', '.join(damaged)} of {job.output}: converting their records "
-              "again does not give the bytes first written (an image changed, or the manifest predates shard "
-              "checksums); start again in a new directory")
-    for number in sorted({entry.get("window", -1) for entry in out.shards if entry["file"] in damaged}):
-        if number < 0:
-            raise JobError(cannot)
-        entries = [entry for entry in out.shards if entry.get("window") == number]
+    """Convert again, in place, the windows of the shards that are not what the manifest says: the same records
+    give the same bytes (:meth:`Job.redo_damaged`)."""
+
+    def make(number: int) -> list[Path]:
         window = next(_windows(job, number * job.rows_per_shard), _Window(number, 0, []))
-        done = _process_window(job, window, lambda: None)
-        if [(rows, sha256) for _, rows, sha256 in done.files] != [(e["rows"], e.get("sha256")) for e in entries]:
-            for tmp, _, _ in done.files:
-                (job.output / tmp).unlink(missing_ok=True)
-            raise JobError(cannot)
-        for (tmp, _, _), entry in zip(done.files, entries, strict=True):
-            os.replace(job.output / tmp, job.output / entry["file"])
+        return [job.output / tmp for tmp, _, _ in _process_window(job, window, lambda: None).files]
+
+    out.redo_damaged(make, "converting", "an image changed")
 
 
 def _run(job: PrepJob, out: Job, workers: int, engine: str, progress: bool) -> dict:

@@ -12,7 +12,6 @@ import contextlib
 import functools
 import itertools
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ import pyarrow.parquet as pq
 from medverl.arguments import EXIT_NOTHING_USABLE, EXIT_OK, print_job
 from medverl.data.converters import CONVERTERS, PrepOptions, read_content
 from medverl.data.files import DEFAULT_MAX_IMAGE_BYTES, add_image_arguments
-from medverl.data.job import Job, JobError, Reject, file_sha256, fingerprint_inputs, windows
+from medverl.data.job import Job, Reject, fingerprint_inputs, windows
 from medverl.data.records import Record, count_records, iter_records
 from medverl.data.schemas import qc_scores_schema
 from medverl.errors import ConfigError
@@ -39,7 +38,6 @@ WINDOW = 500
 SCHEMA = qc_scores_schema()
 SCORERS = ("rules", "judge")
 JUDGE_CACHE, UNSAVED_VERDICTS = "judge_cache.sqlite", "judge_cache.unsaved.sqlite"
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -189,30 +187,22 @@ def _window_rows(job: QCJob, window: list[Record], seen: set[str], judge: object
 
 
 def _redo_damaged(job: QCJob, out: Job) -> None:
-    """Score again, in place, the windows of the shards that are not what the manifest says (a warning names each);
-    the rows must come out as first written (checked against the manifest's SHA-256)."""
+    """Score again, in place, the windows of the shards that are not what the manifest says, with the images seen
+    before each and the judge's cached verdicts: the rows must come out as first written (:meth:`Job.redo_damaged`)."""
     damaged = out.damaged_shards()
     if not damaged:
         return
-    for name, why in damaged.items():
-        logger.warning("%s: shard %s is damaged (%s); scoring its records again", job.output, name, why)
-    cannot = (f"cannot redo the damaged shard(s) {', '.join(damaged)} of {job.output}: scoring their records again "
-              "does not give the rows first written (an image or a judge's verdict changed, or the manifest "
-              "predates shard windows); score again in a new directory")
-    if any("window" not in entry for entry in out.shards):
-        raise JobError(cannot)
     with _scoring(job, out) as (judge, pool):
-        for entry in [entry for entry in out.shards if entry["file"] in damaged]:  # in window order
-            number = entry["window"]
-            seen = _hashes(out, [e for e in out.shards if e["window"] < number])
+
+        def make(number: int) -> list[Path]:
+            seen = _hashes(out, [entry for entry in out.shards if entry["window"] < number])
             _, window = next(windows(_records(job), WINDOW, number * WINDOW))
-            tmp = out.temporary(entry["file"])
-            pq.write_table(pa.Table.from_pylist(_window_rows(job, window, seen, judge, pool, lambda _: None),
-                                                schema=SCHEMA), tmp)
-            if (pq.ParquetFile(tmp).metadata.num_rows, file_sha256(tmp)) != (entry["rows"], entry.get("sha256")):
-                tmp.unlink()
-                raise JobError(cannot)
-            os.replace(tmp, out.directory / entry["file"])
+            tmp = out.temporary(f"window-{number}.parquet")
+            rows = _window_rows(job, window, seen, judge, pool, lambda _: None)
+            pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp)
+            return [tmp]
+
+        out.redo_damaged(make, "scoring", "an image or a judge's verdict changed", damaged)
 
 
 def _score(job: QCJob, out: Job, progress: bool) -> dict:
