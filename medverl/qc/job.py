@@ -195,7 +195,8 @@ def _redo_damaged(job: QCJob, out: Job) -> None:
     with _scoring(job, out) as (judge, pool):
 
         def make(number: int) -> list[Path]:
-            seen = _hashes(out, [entry for entry in out.shards if entry["window"] < number])
+            # a shard written before shards recorded their window is an earlier one
+            seen = _hashes(out, [entry for entry in out.shards if entry.get("window", -1) < number])
             _, window = next(windows(_records(job), WINDOW, number * WINDOW))
             tmp = out.temporary(f"window-{number}.parquet")
             rows = _window_rows(job, window, seen, judge, pool, lambda _: None)
